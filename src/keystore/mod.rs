@@ -1,0 +1,1 @@
+//! PKCS#12 keystores and truststores.

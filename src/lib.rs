@@ -1,0 +1,7 @@
+//! p12-operator: turns `CertificateRequest`s into PKCS#12 bundles in Secrets and
+//! verifies, over real TLS, that workloads serve what was issued.
+
+pub mod keystore;
+pub mod pki;
+pub mod sensitive;
+pub mod testenv;

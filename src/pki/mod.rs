@@ -1,0 +1,1 @@
+//! Key pairs, CSRs, signing policy, the CA.

@@ -1,0 +1,1 @@
+//! Redacting wrappers for secret material.

@@ -1,0 +1,304 @@
+//! etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, started from the
+//! binaries built by `tests/k8s-tools/build.sh`.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::HarnessError;
+use super::certs::{self, ClusterCa};
+use super::{process, tools};
+
+/// How long the control plane may take to answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The controllers kube-controller-manager runs here. No scheduler, nodes or
+/// kubelets exist, so node- and scheduling-related controllers stay off; the
+/// local pod runner plays the kubelet for the operator's own pods.
+const CONTROLLERS: &[&str] = &[
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "deployment-controller",
+    "replicaset-controller",
+];
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running local control plane. Dropping it stops every process; the work
+/// folder (logs, certificates, kubeconfig) stays for post-mortems.
+pub struct ControlPlane {
+    /// Work folder: logs, certificates, kubeconfigs, etcd data.
+    pub dir: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    pub port: u16,
+    /// Kubeconfig of a cluster admin (group `system:masters`).
+    pub kubeconfig: PathBuf,
+    /// PEM of the CA that signs the serving and client certificates.
+    pub ca_pem: String,
+    /// Where etcd, kube-apiserver, kubectl and helm live.
+    pub bin: PathBuf,
+    /// Time from the first process start to `/readyz` answering ok.
+    pub startup: Duration,
+    ca: ClusterCa,
+    procs: Mutex<Vec<Proc>>,
+}
+
+fn free_port() -> Result<u16, HarnessError> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| HarnessError::Start(format!("failed to find a free port on 127.0.0.1: {e}")))?;
+    Ok(l.local_addr().map_err(|e| HarnessError::Start(e.to_string()))?.port())
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let msg = format!("failed to {what} {}", path.display());
+    move |e| HarnessError::Start(format!("{msg}: {e}"))
+}
+
+/// Why a process died, from its log: the last error line (klog `E`/`F` lines,
+/// or JSON with an error level), else the last lines.
+fn why_exited(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let is_error = |l: &&str| {
+        l.starts_with('E') || l.starts_with('F') || l.contains("\"level\":\"fatal\"") || l.contains("\"level\":\"panic\"")
+    };
+    if let Some(line) = text.lines().rev().find(is_error) {
+        return line.to_string();
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(5)..].join("\n")
+}
+
+/// Prepares `target/testenv/<label>`: a previous run's folder of the same label
+/// is replaced unless its owner is still alive.
+fn work_dir(label: &str) -> Result<PathBuf, HarnessError> {
+    let base = tools::target_dir().join("testenv");
+    let mut dir = base.join(label);
+    if let Ok(pid) = std::fs::read_to_string(dir.join("pid")) {
+        let alive = pid.trim().parse::<i32>().is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        if alive {
+            dir = base.join(format!("{label}-{}", std::process::id()));
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    std::fs::write(dir.join("pid"), std::process::id().to_string()).map_err(io_err("write", &dir))?;
+    Ok(dir)
+}
+
+impl ControlPlane {
+    /// Starts a fresh control plane whose files live in `target/testenv/<label>`.
+    pub fn start(label: &str) -> Result<Self, HarnessError> {
+        let bin = tools::ensure_built()?;
+        let dir = work_dir(label)?;
+        let began = Instant::now();
+
+        let ca = ClusterCa::generate().map_err(|e| HarnessError::Start(format!("failed to create the cluster CA: {e}")))?;
+        let cert_err = |e: rcgen::Error| HarnessError::Start(format!("failed to create certificates: {e}"));
+        let serving = ca.serving("10.0.0.1".parse().unwrap()).map_err(cert_err)?;
+        let admin = ca.client("p12-test-admin", &["system:masters"]).map_err(cert_err)?;
+        let kcm = ca.client("system:kube-controller-manager", &["system:masters"]).map_err(cert_err)?;
+        let (sa_key, sa_pub) = certs::service_account_key().map_err(cert_err)?;
+        let write = |name: &str, data: &str| -> Result<PathBuf, HarnessError> {
+            let p = dir.join(name);
+            certs::write_private(&p, data.as_bytes()).map_err(io_err("write", &p))?;
+            Ok(p)
+        };
+        let ca_file = write("ca.crt", &ca.cert_pem)?;
+        let serving_crt = write("apiserver.crt", &serving.cert_pem)?;
+        let serving_key = write("apiserver.key", &serving.key_pem)?;
+        let sa_key_file = write("sa.key", &sa_key)?;
+        let sa_pub_file = write("sa.pub", &sa_pub)?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let port = free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let kubeconfig = dir.join("admin.kubeconfig");
+        certs::write_kubeconfig(&kubeconfig, &server, &ca.cert_pem, &admin, "admin")
+            .map_err(io_err("write", &kubeconfig))?;
+        let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
+        certs::write_kubeconfig(&kcm_kubeconfig, &server, &ca.cert_pem, &kcm, "kube-controller-manager")
+            .map_err(io_err("write", &kcm_kubeconfig))?;
+
+        let cp = ControlPlane {
+            dir: dir.clone(),
+            server,
+            port,
+            kubeconfig,
+            ca_pem: ca.cert_pem.clone(),
+            bin: bin.clone(),
+            startup: Duration::ZERO,
+            ca,
+            procs: Mutex::new(Vec::new()),
+        };
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        cp.spawn(
+            "etcd",
+            &[
+                "--data-dir".into(),
+                dir.join("etcd-data").display().to_string(),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+        )?;
+
+        let p = |path: &Path| path.display().to_string();
+        cp.spawn(
+            "kube-apiserver",
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                format!("--cert-dir={}", p(&dir.join("apiserver-certs"))),
+                format!("--tls-cert-file={}", p(&serving_crt)),
+                format!("--tls-private-key-file={}", p(&serving_key)),
+                format!("--client-ca-file={}", p(&ca_file)),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", p(&sa_pub_file)),
+                format!("--service-account-signing-key-file={}", p(&sa_key_file)),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--authorization-mode=RBAC".into(),
+                // The endpoint reconciler refuses loopback addresses; nothing here
+                // needs the `kubernetes` Service to have endpoints.
+                "--endpoint-reconciler-type=none".into(),
+                "--allow-privileged=false".into(),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ],
+        )?;
+        cp.wait_ready(began)?;
+
+        cp.spawn(
+            "kube-controller-manager",
+            &[
+                format!("--kubeconfig={}", p(&kcm_kubeconfig)),
+                format!("--controllers={}", CONTROLLERS.join(",")),
+                format!("--service-account-private-key-file={}", p(&sa_key_file)),
+                format!("--root-ca-file={}", p(&ca_file)),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=false".into(),
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ],
+        )?;
+        let mut cp = cp;
+        cp.startup = began.elapsed();
+        Ok(cp)
+    }
+
+    fn spawn(&self, name: &'static str, args: &[String]) -> Result<(), HarnessError> {
+        let exe = self.bin.join(name);
+        let log = self.dir.join(format!("{name}.log"));
+        let out = File::create(&log).map_err(io_err("create", &log))?;
+        let err = out.try_clone().map_err(io_err("open", &log))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).current_dir(&self.dir);
+        let child = process::spawn_tied(cmd)
+            .map_err(|e| HarnessError::Start(format!("failed to start {}: {e}", exe.display())))?;
+        self.procs.lock().unwrap().push(Proc { name, child, log });
+        Ok(())
+    }
+
+    /// Fails when one of the processes has exited, naming it and quoting its log.
+    pub fn check_alive(&self) -> Result<(), HarnessError> {
+        let mut procs = self.procs.lock().unwrap();
+        for p in procs.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(HarnessError::Start(format!(
+                    "{} exited ({status}): {} (log: {})",
+                    p.name,
+                    why_exited(&p.log),
+                    p.log.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_ready(&self, began: Instant) -> Result<(), HarnessError> {
+        let mut last = String::new();
+        while began.elapsed() < READY_TIMEOUT {
+            self.check_alive()?;
+            let out = self
+                .kubectl()
+                .args(["get", "--raw", "/readyz", "--request-timeout=2s"])
+                .output()
+                .map_err(|e| HarnessError::Start(format!("failed to run kubectl: {e}")))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(HarnessError::Start(format!(
+            "kube-apiserver did not become ready within {}s (last answer: {last}); logs in {}",
+            READY_TIMEOUT.as_secs(),
+            self.dir.display()
+        )))
+    }
+
+    /// `kubectl` with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
+        cmd
+    }
+
+    /// `helm` with the admin kubeconfig and its caches inside the work folder.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("helm"));
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"));
+        cmd
+    }
+
+    /// Writes a kubeconfig for a user authenticated by a client certificate
+    /// (user from CN, groups from O) — a real, restricted identity for RBAC tests.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf, HarnessError> {
+        let cert = self
+            .ca
+            .client(user, groups)
+            .map_err(|e| HarnessError::Start(format!("failed to create a client certificate: {e}")))?;
+        let safe: String = user.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let path = self.dir.join(format!("user-{safe}.kubeconfig"));
+        certs::write_kubeconfig(&path, &self.server, &self.ca_pem, &cert, user).map_err(io_err("write", &path))?;
+        Ok(path)
+    }
+
+    /// Stops every process (newest first) and waits for them.
+    pub fn stop(&self) {
+        let mut procs = self.procs.lock().unwrap();
+        while let Some(mut p) = procs.pop() {
+            process::stop(&mut p.child, Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

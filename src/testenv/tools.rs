@@ -1,0 +1,55 @@
+//! Finding (and if needed building) etcd, kube-apiserver, kube-controller-manager,
+//! kubectl and helm.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::HarnessError;
+
+pub const TOOLS: [&str; 5] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm"];
+
+/// The repository root (where Cargo.toml is), found at compile time.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where the project builds things: `CARGO_TARGET_DIR` or `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The folder holding the tools, building them first when one is missing.
+///
+/// `KUBEBUILDER_ASSETS`, when set, is honoured by the build script (it links
+/// those binaries instead of building them).
+pub fn ensure_built() -> Result<PathBuf, HarnessError> {
+    let bin = target_dir().join("k8s-tools/bin");
+    if TOOLS.iter().all(|t| is_executable(&bin.join(t))) {
+        return Ok(bin);
+    }
+    let script = repo_root().join("tests/k8s-tools/build.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .status()
+        .map_err(|e| HarnessError::Build(format!("failed to run {}: {e}", script.display())))?;
+    if !status.success() {
+        return Err(HarnessError::Build(format!(
+            "{} failed ({status}); its output above says which tool and why",
+            script.display()
+        )));
+    }
+    for t in TOOLS {
+        if !is_executable(&bin.join(t)) {
+            return Err(HarnessError::Build(format!("{} did not produce {t}", script.display())));
+        }
+    }
+    Ok(bin)
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}

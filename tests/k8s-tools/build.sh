@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds the local control plane (etcd, kube-apiserver, kube-controller-manager),
+# kubectl and helm from the Go modules pinned in tests/k8s-tools/go.mod into
+# target/k8s-tools/bin. Does nothing when they are already built for the pinned
+# versions. With KUBEBUILDER_ASSETS set to a folder holding etcd, kube-apiserver
+# and kube-controller-manager (what setup-envtest downloads), those are linked
+# instead of built; kubectl and helm are still built unless that folder has them.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out="${CARGO_TARGET_DIR:-$root/target}/k8s-tools/bin"
+mkdir -p "$out"
+
+die() { echo "k8s-tools: $*" >&2; exit 1; }
+command -v go >/dev/null || die "go is not installed; install Go >= 1.26 (see README prerequisites)"
+
+# Tool name -> Go package.
+declare -A pkgs=(
+  [etcd]=go.etcd.io/etcd/server/v3
+  [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
+  [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
+  [kubectl]=k8s.io/kubernetes/cmd/kubectl
+  [helm]=helm.sh/helm/v4/cmd/helm
+)
+
+want=()
+for tool in etcd kube-apiserver kube-controller-manager kubectl helm; do
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$tool" ]; then
+    ln -sf "$KUBEBUILDER_ASSETS/$tool" "$out/$tool"
+  else
+    want+=("$tool")
+  fi
+done
+[ ${#want[@]} -gt 0 ] || { echo "k8s-tools: using binaries from KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"; exit 0; }
+
+# The stamp names the pinned versions (go.mod + go.sum), the Go version and the
+# tool list; a matching stamp with every binary present means nothing to do.
+stamp_file="$out/.stamp"
+stamp=$( { cat "$here/go.mod" "$here/go.sum"; go env GOVERSION; echo "${want[*]}"; } | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
+  ok=1; for tool in "${want[@]}"; do [ -x "$out/$tool" ] || ok=0; done
+  [ $ok = 1 ] && { echo "k8s-tools: up to date (${want[*]})"; exit 0; }
+fi
+
+echo "k8s-tools: building ${want[*]} (first build takes several minutes)"
+start=$(date +%s)
+cd "$here"
+export GOFLAGS="-buildvcs=false"
+for tool in "${want[@]}"; do
+  rm -f "$out/$tool"
+  go build -trimpath -ldflags='-s -w' -o "$out/$tool" "${pkgs[$tool]}" \
+    || die "failed to build $tool from ${pkgs[$tool]} (see the go output above)"
+done
+echo "$stamp" > "$stamp_file"
+echo "k8s-tools: built in $(( $(date +%s) - start ))s into $out"
