@@ -1,7 +1,14 @@
 //! p12-operator: turns `CertificateRequest`s into PKCS#12 bundles in Secrets and
 //! verifies, over real TLS, that workloads serve what was issued.
 
+pub mod api;
 pub mod keystore;
 pub mod pki;
 pub mod sensitive;
 pub mod testenv;
+pub mod bundle;
+pub mod cli;
+pub mod duration;
+pub mod plan;
+pub mod reconciler;
+pub mod telemetry;

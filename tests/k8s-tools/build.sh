@@ -37,7 +37,7 @@ done
 # The stamp names the pinned versions (go.mod + go.sum), the Go version and the
 # tool list; a matching stamp with every binary present means nothing to do.
 stamp_file="$out/.stamp"
-stamp=$( { cat "$here/go.mod" "$here/go.sum"; go env GOVERSION; echo "${want[*]}"; } | sha256sum | cut -d' ' -f1)
+stamp=$( { cat "$here/go.mod" "$here/go.sum" "$here/build.sh"; go env GOVERSION; echo "${want[*]}"; } | sha256sum | cut -d" " -f1)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
   ok=1; for tool in "${want[@]}"; do [ -x "$out/$tool" ] || ok=0; done
   [ $ok = 1 ] && { echo "k8s-tools: up to date (${want[*]})"; exit 0; }
@@ -47,9 +47,14 @@ echo "k8s-tools: building ${want[*]} (first build takes several minutes)"
 start=$(date +%s)
 cd "$here"
 export GOFLAGS="-buildvcs=false"
+# Stamp the Kubernetes version into the binaries, as the release build does.
+kver=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
+kminor=$(echo "$kver" | cut -d. -f2)
+vpkg=k8s.io/component-base/version
+ldflags="-s -w -X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$kminor -X $vpkg.gitTreeState=clean"
 for tool in "${want[@]}"; do
   rm -f "$out/$tool"
-  go build -trimpath -ldflags='-s -w' -o "$out/$tool" "${pkgs[$tool]}" \
+  go build -trimpath -ldflags="$ldflags" -o "$out/$tool" "${pkgs[$tool]}" \
     || die "failed to build $tool from ${pkgs[$tool]} (see the go output above)"
 done
 echo "$stamp" > "$stamp_file"

@@ -1,0 +1,266 @@
+//! The Secret's contents: building them from key, certificate and CA, reading
+//! them back, and judging whether what is there still serves the plan. Pure.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::keystore::{self, Profile};
+use crate::pki::{self, CertificateAuthority, PrivateKey};
+use crate::plan::Plan;
+use crate::sensitive::SecretString;
+
+pub const KEYSTORE: &str = "keystore.p12";
+pub const TRUSTSTORE: &str = "truststore.p12";
+pub const PASSWORD: &str = "keystore-password";
+pub const TLS_CRT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+pub const CA_CRT: &str = "ca.crt";
+/// Every data key the operator owns; other keys in the Secret are left alone.
+pub const OWNED_KEYS: [&str; 6] = [KEYSTORE, TRUSTSTORE, PASSWORD, TLS_CRT, TLS_KEY, CA_CRT];
+
+/// Annotations on the Secret (and some on the request).
+pub mod annotations {
+    pub const REQUEST: &str = "p12-operator.io/request";
+    pub const SERIAL: &str = "p12-operator.io/serial";
+    pub const FINGERPRINT: &str = "p12-operator.io/fingerprint-sha256";
+    pub const NOT_BEFORE: &str = "p12-operator.io/not-before";
+    pub const NOT_AFTER: &str = "p12-operator.io/not-after";
+    pub const SPEC_HASH: &str = "p12-operator.io/spec-hash";
+    pub const PROFILE: &str = "p12-operator.io/keystore-profile";
+    pub const ALIAS: &str = "p12-operator.io/keystore-alias";
+    pub const CA_FINGERPRINT: &str = "p12-operator.io/ca-fingerprint-sha256";
+    pub const REVISION: &str = "p12-operator.io/revision";
+    /// On a request: set (to any new value) to force a re-issue; `p12-operator renew` does it.
+    pub const RENEW_REQUESTED: &str = "p12-operator.io/renew-requested-at";
+    /// On the Secret: the `RENEW_REQUESTED` value already honoured.
+    pub const RENEW_HONOURED: &str = "p12-operator.io/renew-honoured";
+}
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "p12-operator";
+pub const REQUEST_LABEL: &str = "p12-operator.io/request";
+
+/// The key pair and leaf of a bundle.
+pub struct Material {
+    pub key: PrivateKey,
+    pub leaf_der: Vec<u8>,
+}
+
+fn pem_block(tag: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(tag, der.to_vec()))
+}
+
+/// The data of the Secret: PKCS#12 keystore and truststore, PEM files, and the
+/// password when the operator generated it.
+pub fn build_data(
+    material: &Material,
+    ca: &CertificateAuthority,
+    plan: &Plan,
+    password: &SecretString,
+    generated_password: bool,
+) -> Result<BTreeMap<String, ByteString>, keystore::KeystoreError> {
+    // keystore.p12: leaf, then the CA chain up to the root (Java wants it whole).
+    let keystore = keystore::build_keystore(
+        &material.key,
+        &material.leaf_der,
+        ca.chain(),
+        &plan.alias,
+        password,
+        plan.keystore_profile,
+    )?;
+    let truststore = keystore::build_truststore(&[ca.root_der().to_vec()], password, plan.keystore_profile)?;
+    // tls.crt: leaf and intermediates, not the root — as web servers expect.
+    let mut tls_crt = pem_block("CERTIFICATE", &material.leaf_der);
+    for der in ca.chain() {
+        if der.as_slice() != ca.root_der() {
+            tls_crt.push_str(&pem_block("CERTIFICATE", der));
+        }
+    }
+    let mut data = BTreeMap::new();
+    data.insert(KEYSTORE.into(), ByteString(keystore.expose().to_vec()));
+    data.insert(TRUSTSTORE.into(), ByteString(truststore.expose().to_vec()));
+    data.insert(TLS_CRT.into(), ByteString(tls_crt.into_bytes()));
+    data.insert(TLS_KEY.into(), ByteString(material.key.to_pem().expose().as_bytes().to_vec()));
+    data.insert(CA_CRT.into(), ByteString(ca.root_pem().into_bytes()));
+    if generated_password {
+        data.insert(PASSWORD.into(), ByteString(password.expose().as_bytes().to_vec()));
+    }
+    Ok(data)
+}
+
+/// A random keystore password: 24 characters from a 62-letter alphabet (≈143 bits).
+pub fn generate_password() -> SecretString {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let text: String = (0..24).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    SecretString::from(text)
+}
+
+/// Facts about the certificate a Secret holds, for status and annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFacts {
+    pub serial_hex: String,
+    pub fingerprint_sha256: String,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+}
+
+impl CertFacts {
+    pub fn of(leaf_der: &[u8]) -> Option<CertFacts> {
+        let info = pki::parse_certificate_info(leaf_der).ok()?;
+        Some(CertFacts {
+            serial_hex: info.serial_hex,
+            fingerprint_sha256: info.fingerprint_sha256,
+            not_before: info.not_before,
+            not_after: info.not_after,
+        })
+    }
+}
+
+/// What is usable in an existing Secret.
+pub struct Existing {
+    pub key: Option<PrivateKey>,
+    pub leaf_der: Option<Vec<u8>>,
+    pub stored_password: Option<SecretString>,
+}
+
+impl Existing {
+    pub fn read(data: &BTreeMap<String, ByteString>) -> Existing {
+        let leaf_der = data
+            .get(TLS_CRT)
+            .and_then(|b| pem::parse_many(&b.0).ok())
+            .and_then(|blocks| blocks.into_iter().find(|p| p.tag() == "CERTIFICATE"))
+            .map(|p| p.into_contents());
+        let key = data
+            .get(TLS_KEY)
+            .and_then(|b| std::str::from_utf8(&b.0).ok())
+            .and_then(|pem| PrivateKey::from_pem(pem).ok());
+        let stored_password = data
+            .get(PASSWORD)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|p| !p.is_empty())
+            .map(SecretString::from);
+        Existing { key, leaf_der, stored_password }
+    }
+}
+
+/// What to do with an existing Secret's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything serves the plan.
+    Current,
+    /// The certificate is good but the keystores must be rebuilt (password,
+    /// profile, alias or CA bundle changed, or a file was damaged).
+    Reencrypt(&'static str),
+    /// A new certificate is needed; the reason is a PascalCase word.
+    Reissue(&'static str),
+}
+
+/// Whether `leaf_der` was signed by `ca`'s certificate.
+pub fn issued_by(leaf_der: &[u8], ca: &CertificateAuthority) -> bool {
+    let (Ok((_, leaf)), Ok((_, issuer))) = (X509Certificate::from_der(leaf_der), X509Certificate::from_der(ca.cert_der())) else {
+        return false;
+    };
+    leaf.issuer() == issuer.subject() && leaf.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// Judges an existing Secret against the plan. `renew_requested` is true when a
+/// forced renewal has not been honoured yet.
+pub fn assess(
+    data: &BTreeMap<String, ByteString>,
+    annotations: &BTreeMap<String, String>,
+    existing: &Existing,
+    plan: &Plan,
+    ca: &CertificateAuthority,
+    password: &SecretString,
+    renew_requested: bool,
+    now: Timestamp,
+) -> Verdict {
+    let (Some(key), Some(leaf)) = (&existing.key, &existing.leaf_der) else {
+        return Verdict::Reissue("Missing");
+    };
+    let Some(facts) = CertFacts::of(leaf) else { return Verdict::Reissue("Damaged") };
+    if !pki::key_matches_certificate(key, leaf).unwrap_or(false) {
+        return Verdict::Reissue("KeyMismatch");
+    }
+    if !issued_by(leaf, ca) {
+        return Verdict::Reissue("CAChanged");
+    }
+    if annotations.get(annotations::SPEC_HASH) != Some(&plan.spec_hash) || key.algorithm() != plan.key_algorithm {
+        return Verdict::Reissue("SpecChanged");
+    }
+    if renew_requested {
+        return Verdict::Reissue("RenewalRequested");
+    }
+    if now >= facts.not_after {
+        return Verdict::Reissue("Expired");
+    }
+    if now >= crate::plan::renewal_time(plan, facts.not_before, facts.not_after) {
+        return Verdict::Reissue("RenewalDue");
+    }
+
+    if annotations.get(annotations::PROFILE).map(String::as_str) != Some(plan.keystore_profile.name()) {
+        return Verdict::Reencrypt("ProfileChanged");
+    }
+    let expected_chain: Vec<Vec<u8>> = std::iter::once(leaf.clone()).chain(ca.chain().iter().cloned()).collect();
+    let keystore_ok = data.get(KEYSTORE).and_then(|b| keystore::read_keystore(&b.0, password).ok()).is_some_and(|store| {
+        store.trusted.is_empty()
+            && store.key_entries.len() == 1
+            && store.key_entries[0].alias == plan.alias
+            && store.key_entries[0].chain == expected_chain
+            && store.key_entries[0].matches_certificate(leaf)
+    });
+    if !keystore_ok {
+        return Verdict::Reencrypt("KeystoreStale");
+    }
+    let truststore_ok = data.get(TRUSTSTORE).and_then(|b| keystore::read_keystore(&b.0, password).ok()).is_some_and(|store| {
+        store.key_entries.is_empty() && store.trusted.len() == 1 && store.trusted[0].1 == ca.root_der()
+    });
+    if !truststore_ok {
+        return Verdict::Reencrypt("TruststoreStale");
+    }
+    if data.get(CA_CRT).map(|b| b.0.as_slice()) != Some(ca.root_pem().as_bytes()) {
+        return Verdict::Reencrypt("CABundleStale");
+    }
+    let stored = data.get(PASSWORD).map(|b| b.0.as_slice());
+    let generated = matches!(plan.password, crate::plan::PasswordSource::Generated);
+    if generated && stored != Some(password.expose().as_bytes()) || !generated && stored.is_some() {
+        return Verdict::Reencrypt("PasswordSourceChanged");
+    }
+    Verdict::Current
+}
+
+/// The operator's annotations for a Secret holding `facts`.
+pub fn secret_annotations(
+    request: &str,
+    plan: &Plan,
+    facts: &CertFacts,
+    ca: &CertificateAuthority,
+    revision: i64,
+    renew_honoured: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert(annotations::REQUEST.into(), request.into());
+    a.insert(annotations::SERIAL.into(), facts.serial_hex.clone());
+    a.insert(annotations::FINGERPRINT.into(), facts.fingerprint_sha256.clone());
+    a.insert(annotations::NOT_BEFORE.into(), facts.not_before.to_string());
+    a.insert(annotations::NOT_AFTER.into(), facts.not_after.to_string());
+    a.insert(annotations::SPEC_HASH.into(), plan.spec_hash.clone());
+    a.insert(annotations::PROFILE.into(), plan.keystore_profile.name().into());
+    a.insert(annotations::ALIAS.into(), plan.alias.clone());
+    a.insert(annotations::CA_FINGERPRINT.into(), ca.fingerprint());
+    a.insert(annotations::REVISION.into(), revision.to_string());
+    if let Some(token) = renew_honoured {
+        a.insert(annotations::RENEW_HONOURED.into(), token.into());
+    }
+    a
+}
+
+/// Which profile an existing Secret's keystores were written with, per its annotation.
+pub fn profile_of(annotations: &BTreeMap<String, String>) -> Option<Profile> {
+    annotations.get(annotations::PROFILE).and_then(|p| p.parse().ok())
+}

@@ -1,0 +1,36 @@
+//! Command-line interface: the subcommands and their flags.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Issues PKCS#12 keystores from CertificateRequests and verifies, over real
+/// TLS, that workloads serve what was issued.
+#[derive(Parser, Debug)]
+#[command(name = "p12-operator", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, env = "P12_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Log filter, e.g. `info` or `p12_operator=debug,kube=info` (RUST_LOG syntax).
+    #[arg(long, global = true, env = "P12_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller.
+    Run(crate::reconciler::RunArgs),
+    /// Print the CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Where fatal errors are written for Kubernetes to show as the container's
+/// termination message (`kubectl describe pod`).
+pub fn termination_log_path() -> PathBuf {
+    std::env::var_os("P12_TERMINATION_LOG").map(PathBuf::from).unwrap_or_else(|| "/dev/termination-log".into())
+}

@@ -1,0 +1,769 @@
+//! The controller: watches CertificateRequests and the Secrets they own, and
+//! makes each Secret hold a valid bundle for its request.
+//!
+//! One pass: plan the request → find the CA → read the password → compare the
+//! Secret with the plan → issue, re-encrypt or do nothing → write the Secret in
+//! one call → write status in one call. Every pass is safe to repeat.
+
+pub mod ca;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::api::{CertificateRequest, CertificateRequestStatus, RotationPolicy};
+use crate::bundle::{self, Existing, Material, Verdict, annotations as ann};
+use crate::pki::{self, CertificateAuthority, KeyAlgorithm, Policy, PrivateKey};
+use crate::plan::{self, PasswordSource, Plan};
+use crate::sensitive::SecretString;
+use crate::duration;
+use ca::{CaProblem, CaSettings};
+
+/// Flags of `p12-operator run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The operator's own namespace, where the CA Secret lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "p12-operator")]
+    pub namespace: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "P12_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Name of the CA Secret (tls.crt, tls.key, optional ca.crt) in --namespace.
+    #[arg(long, default_value = "p12-operator-ca")]
+    pub ca_secret: String,
+    /// Create a self-signed root CA when the CA Secret does not exist.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ca_create: bool,
+    /// Key algorithm of a created CA: ECDSA-P256, ECDSA-P384, RSA-2048, RSA-3072, RSA-4096 or Ed25519.
+    #[arg(long, default_value = "ECDSA-P256", value_parser = parse_algorithm)]
+    pub ca_key_algorithm: KeyAlgorithm,
+    /// Lifetime of a created CA.
+    #[arg(long, default_value = "87600h", value_parser = duration::parse)]
+    pub ca_duration: Duration,
+    /// Common name of a created CA.
+    #[arg(long, default_value = "p12-operator CA")]
+    pub ca_common_name: String,
+    /// Shortest certificate lifetime a request may ask for (policy).
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub min_duration: Duration,
+    /// Longest certificate lifetime a request may ask for (policy).
+    #[arg(long, default_value = "9528h", value_parser = duration::parse)]
+    pub max_duration: Duration,
+    /// Refuse wildcard DNS names (policy).
+    #[arg(long)]
+    pub deny_wildcards: bool,
+    /// Refuse IP address SANs (policy).
+    #[arg(long)]
+    pub deny_ip_sans: bool,
+    /// Requests reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+}
+
+fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
+    Ok(match s.to_ascii_uppercase().as_str() {
+        "ECDSA-P256" | "ECDSA" => KeyAlgorithm::EcdsaP256,
+        "ECDSA-P384" => KeyAlgorithm::EcdsaP384,
+        "RSA-2048" | "RSA" => KeyAlgorithm::Rsa2048,
+        "RSA-3072" => KeyAlgorithm::Rsa3072,
+        "RSA-4096" => KeyAlgorithm::Rsa4096,
+        "ED25519" => KeyAlgorithm::Ed25519,
+        _ => return Err(format!("unknown algorithm {s:?}; use ECDSA-P256, ECDSA-P384, RSA-2048, RSA-3072, RSA-4096 or Ed25519")),
+    })
+}
+
+/// Errors a pass can end with; the category is the Event reason and the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to call the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("failed to run the issuance task: {0}")]
+    Task(String),
+    #[error("failed to build the keystore: {0}")]
+    Keystore(#[from] crate::keystore::KeystoreError),
+    #[error("failed to issue the certificate: {0}")]
+    Pki(#[from] pki::PkiError),
+}
+
+impl Error {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeError",
+            Error::Task(_) => "TaskFailed",
+            Error::Keystore(_) => "KeystoreFailed",
+            Error::Pki(_) => "IssuanceFailed",
+        }
+    }
+}
+
+/// Metadata of a Secret the operator manages (no data is cached).
+#[derive(Clone, Debug)]
+struct ManagedSecret {
+    resource_version: String,
+    controller_uid: Option<String>,
+}
+
+/// What was last checked for a request, so an unchanged Secret is not re-read.
+#[derive(Clone, Debug, PartialEq)]
+struct Checked {
+    secret_version: String,
+    spec_hash: String,
+    profile: &'static str,
+    alias: String,
+    ca: String,
+    password: String,
+    renew_token: Option<String>,
+    renewal_time: Timestamp,
+}
+
+pub struct Context {
+    pub client: Client,
+    recorder: Recorder,
+    policy: Policy,
+    ca_settings: CaSettings,
+    ca: RwLock<Result<Arc<CertificateAuthority>, CaProblem>>,
+    ca_version: Mutex<Option<String>>,
+    secrets: Mutex<HashMap<(String, String), ManagedSecret>>,
+    /// (namespace, Secret name) → requests that reference it (target or password).
+    refs: Mutex<HashMap<(String, String), HashSet<ObjectRef<CertificateRequest>>>>,
+    checked: Mutex<HashMap<ObjectRef<CertificateRequest>, Checked>>,
+    failures: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
+    crypto: Semaphore,
+}
+
+const MANAGER: &str = bundle::MANAGED_BY;
+
+fn post_params() -> PostParams {
+    PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }
+}
+
+impl Context {
+    fn ca(&self) -> Result<Arc<CertificateAuthority>, CaProblem> {
+        self.ca.read().unwrap().clone()
+    }
+
+    fn register_refs(&self, cr: &CertificateRequest) {
+        let ns = cr.namespace().unwrap_or_default();
+        let oref = ObjectRef::from_obj(cr);
+        let mut refs = self.refs.lock().unwrap();
+        refs.entry((ns.clone(), cr.spec.secret_name.clone())).or_default().insert(oref.clone());
+        if let Some(r) = &cr.spec.keystore.password_secret_ref {
+            refs.entry((ns, r.name.clone())).or_default().insert(oref);
+        }
+    }
+
+    /// Requests to reconcile when a Secret changes.
+    fn requests_for(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<CertificateRequest>> {
+        let ns = secret.namespace().unwrap_or_default();
+        let mut out: Vec<_> = self
+            .refs
+            .lock()
+            .unwrap()
+            .get(&(ns.clone(), secret.name_any()))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for owner in secret.owner_references() {
+            if owner.kind == "CertificateRequest" && owner.controller == Some(true) {
+                out.push(ObjectRef::new(&owner.name).within(&ns));
+            }
+        }
+        out
+    }
+
+    /// Keeps the index of managed Secrets in step with the watch.
+    fn observe_secret(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        let mut secrets = self.secrets.lock().unwrap();
+        let mut upsert = |s: &PartialObjectMeta<Secret>| {
+            let key = (s.namespace().unwrap_or_default(), s.name_any());
+            let managed = s.labels().get(bundle::MANAGED_BY_LABEL).map(String::as_str) == Some(bundle::MANAGED_BY);
+            if managed {
+                let controller_uid = s
+                    .owner_references()
+                    .iter()
+                    .find(|o| o.controller == Some(true))
+                    .map(|o| o.uid.clone());
+                secrets.insert(key, ManagedSecret { resource_version: s.resource_version().unwrap_or_default(), controller_uid });
+            } else {
+                secrets.remove(&key);
+            }
+        };
+        match event {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => upsert(s),
+            watcher::Event::Delete(s) => {
+                secrets.remove(&(s.namespace().unwrap_or_default(), s.name_any()));
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+
+    fn failures(&self, oref: &ObjectRef<CertificateRequest>) -> u32 {
+        self.failures.lock().unwrap().get(oref).copied().unwrap_or(0)
+    }
+}
+
+/// Per-request exponential back-off: 5 s doubling to 5 min.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs((5u64 << failures.min(6)).min(300))
+}
+
+fn policy(args: &RunArgs) -> Policy {
+    Policy {
+        min_duration: args.min_duration,
+        max_duration: args.max_duration,
+        allow_wildcard_dns: !args.deny_wildcards,
+        allow_ip_sans: !args.deny_ip_sans,
+        ..Policy::default()
+    }
+}
+
+/// A failure the user can fix: reported in status and as an Event.
+struct Refusal {
+    reason: &'static str,
+    message: String,
+    retry: bool,
+}
+
+fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { reason, message: message.into(), retry: true }
+}
+
+fn password_digest(p: &SecretString) -> String {
+    hex::encode(Sha256::digest(p.expose().as_bytes()))
+}
+
+/// Reads the password a request names. Never echoes its value.
+async fn referenced_password(client: &Client, ns: &str, name: &str, key: &str) -> Result<Result<SecretString, Refusal>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(Err(refuse(
+            "PasswordSecretNotFound",
+            format!("keystore.passwordSecretRef names Secret {name}, which does not exist in namespace {ns}; create it or fix the reference"),
+        )));
+    };
+    let Some(value) = secret.data.unwrap_or_default().remove(key) else {
+        return Ok(Err(refuse("PasswordKeyNotFound", format!("Secret {name} has no key {key:?}; add it or fix keystore.passwordSecretRef.key"))));
+    };
+    if value.0.is_empty() {
+        return Ok(Err(refuse("PasswordEmpty", format!("key {key:?} of Secret {name} is empty; PKCS#12 keystores need a password"))));
+    }
+    if value.0.len() > 1024 {
+        return Ok(Err(refuse("PasswordInvalid", format!("key {key:?} of Secret {name} is longer than 1024 bytes"))));
+    }
+    match String::from_utf8(value.0) {
+        Ok(text) => Ok(Ok(SecretString::from(text))),
+        Err(_) => Ok(Err(refuse("PasswordInvalid", format!("key {key:?} of Secret {name} is not UTF-8 text")))),
+    }
+}
+
+fn owner_reference(cr: &CertificateRequest) -> OwnerReference {
+    let mut o = cr.controller_owner_ref(&()).unwrap_or_default();
+    o.block_owner_deletion = Some(true);
+    o
+}
+
+/// The Secret as it should be: `base` (the live Secret, or nothing) with the
+/// operator's data keys, labels, annotations and owner reference set; whatever
+/// else is there (other managers' keys, labels, annotations) is kept.
+fn desired_secret(
+    cr: &CertificateRequest,
+    base: Option<&Secret>,
+    data: BTreeMap<String, ByteString>,
+    annotations: BTreeMap<String, String>,
+) -> Secret {
+    let mut s = base.cloned().unwrap_or_default();
+    s.metadata.name = Some(cr.spec.secret_name.clone());
+    s.metadata.namespace = cr.namespace();
+    s.metadata.managed_fields = None;
+    s.type_ = Some("kubernetes.io/tls".into());
+    let mut all = s.data.take().unwrap_or_default();
+    all.retain(|k, _| !bundle::OWNED_KEYS.contains(&k.as_str()));
+    all.extend(data);
+    s.data = Some(all);
+    let template = cr.spec.secret_template.clone().unwrap_or_default();
+    let labels = s.metadata.labels.get_or_insert_with(Default::default);
+    labels.extend(template.labels);
+    labels.insert(bundle::MANAGED_BY_LABEL.into(), bundle::MANAGED_BY.into());
+    labels.insert(bundle::REQUEST_LABEL.into(), cr.name_any());
+    let annos = s.metadata.annotations.get_or_insert_with(Default::default);
+    annos.retain(|k, _| !k.starts_with("p12-operator.io/"));
+    annos.extend(template.annotations);
+    annos.extend(annotations);
+    let owners = s.metadata.owner_references.get_or_insert_with(Default::default);
+    let mine = owner_reference(cr);
+    owners.retain(|o| o.uid != mine.uid);
+    owners.push(mine);
+    s
+}
+
+enum Work {
+    Issue { reason: &'static str },
+    Reencrypt { reason: &'static str },
+    Metadata,
+    Nothing,
+}
+
+/// One reconcile pass for one request.
+pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if cr.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let span = tracing::info_span!("reconcile", namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any());
+    reconcile_inner(cr, ctx).instrument(span).await
+}
+
+async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let oref = ObjectRef::from_obj(cr.as_ref());
+    ctx.register_refs(&cr);
+
+    let outcome = async {
+        let plan = match plan::plan(&cr, &ctx.policy) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(Refusal { reason: e.reason, message: e.message, retry: false })),
+        };
+        let ca = match ctx.ca() {
+            Ok(ca) => ca,
+            Err(p) => return Ok(Err(refuse(p.reason, p.message))),
+        };
+        converge(&cr, &ctx, &plan, &ca).await
+    }
+    .await?;
+
+    match outcome {
+        Ok(action) => {
+            ctx.failures.lock().unwrap().remove(&oref);
+            Ok(action)
+        }
+        Err(refusal) => {
+            let failures = ctx.failures(&oref) + 1;
+            ctx.failures.lock().unwrap().insert(oref, failures);
+            report_refusal(&cr, &ctx, &refusal, failures).await?;
+            Ok(if refusal.retry { Action::requeue(backoff(failures)) } else { Action::await_change() })
+        }
+    }
+}
+
+async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<CertificateAuthority>) -> Result<Result<Action, Refusal>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let oref = ObjectRef::from_obj(cr);
+    let uid = cr.uid().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // Whose is the Secret?
+    let meta = ctx.secrets.lock().unwrap().get(&(ns.clone(), plan.secret_name.clone())).cloned();
+    if let Some(m) = &meta {
+        if m.controller_uid.as_deref() != Some(uid.as_str()) {
+            return Ok(Err(conflict(plan, "it belongs to another CertificateRequest")));
+        }
+    }
+
+    // The password.
+    let ref_password = match &plan.password {
+        PasswordSource::SecretKey { name, key } => match referenced_password(&ctx.client, &ns, name, key).await? {
+            Ok(p) => Some(p),
+            Err(r) => return Ok(Err(r)),
+        },
+        PasswordSource::Generated => None,
+    };
+    let renew_token = cr.annotations().get(ann::RENEW_REQUESTED).cloned();
+
+    // Fast path: the Secret is exactly what was last verified for this plan.
+    if let Some(m) = &meta {
+        let last = ctx.checked.lock().unwrap().get(&oref).cloned();
+        if let Some(last) = last {
+            let same = last.secret_version == m.resource_version
+                && last.spec_hash == plan.spec_hash
+                && last.profile == plan.keystore_profile.name()
+                && last.alias == plan.alias
+                && last.ca == ca.fingerprint()
+                && last.password == ref_password.as_ref().map(password_digest).unwrap_or_else(|| "generated".into())
+                && (renew_token.is_none() || last.renew_token == renew_token)
+                && Timestamp::now() < last.renewal_time;
+            if same {
+                return Ok(Ok(requeue_at(last.renewal_time)));
+            }
+        }
+    }
+
+    let live = if meta.is_some() { secrets.get_opt(&plan.secret_name).await? } else { None };
+    if let Some(s) = &live {
+        if s.metadata.owner_references.as_deref().unwrap_or_default().iter().all(|o| o.uid != uid) {
+            return Ok(Err(conflict(plan, "it is not owned by this CertificateRequest")));
+        }
+    }
+    let data = live.as_ref().and_then(|s| s.data.clone()).unwrap_or_default();
+    let live_annotations = live.as_ref().map(|s| s.annotations().clone()).unwrap_or_default();
+    let existing = Existing::read(&data);
+    let (password, generated) = match (ref_password, existing.stored_password.clone()) {
+        (Some(p), _) => (p, false),
+        (None, Some(stored)) => (stored, true),
+        (None, None) => (bundle::generate_password(), true),
+    };
+    let renew_requested = renew_token.is_some() && live_annotations.get(ann::RENEW_HONOURED) != renew_token.as_ref();
+
+    let verdict = if live.is_none() {
+        Verdict::Reissue("Missing")
+    } else {
+        let (d, a, c, p) = (data.clone(), live_annotations.clone(), ca.clone(), password.clone());
+        let plan2 = plan.clone();
+        let existing2 = Existing::read(&data);
+        let now = Timestamp::now();
+        tokio::task::spawn_blocking(move || bundle::assess(&d, &a, &existing2, &plan2, &c, &p, renew_requested, now))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    };
+    let work = match verdict {
+        Verdict::Reissue(reason) => Work::Issue { reason },
+        Verdict::Reencrypt(reason) => Work::Reencrypt { reason },
+        Verdict::Current => Work::Nothing,
+    };
+
+    let revision_now: i64 = live_annotations.get(ann::REVISION).and_then(|r| r.parse().ok()).unwrap_or(0);
+    let (material, revision, honoured) = match &work {
+        Work::Issue { .. } => {
+            let reuse = match (plan.rotation, existing.key) {
+                (RotationPolicy::Never, Some(k)) if k.algorithm() == plan.key_algorithm => Some(k),
+                _ => None,
+            };
+            let _permit = ctx.crypto.acquire().await.map_err(|e| Error::Task(e.to_string()))?;
+            let (plan2, ca2) = (plan.clone(), ca.clone());
+            let material = tokio::task::spawn_blocking(move || issue(&plan2, &ca2, reuse))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?;
+            match material {
+                Ok(m) => (m, revision_now + 1, renew_token.clone()),
+                Err(IssueError::Policy(v)) => return Ok(Err(refuse("PolicyViolation", v))),
+                Err(IssueError::Pki(e)) => return Err(Error::Pki(e)),
+            }
+        }
+        _ => {
+            let (Some(key), Some(leaf_der)) = (existing.key, existing.leaf_der) else {
+                return Err(Error::Task("the Secret lost its key between reads".into()));
+            };
+            (Material { key, leaf_der }, revision_now, live_annotations.get(ann::RENEW_HONOURED).cloned())
+        }
+    };
+    let facts = bundle::CertFacts::of(&material.leaf_der).ok_or_else(|| Error::Task("issued certificate does not parse".into()))?;
+    let annotations = bundle::secret_annotations(&cr.name_any(), plan, &facts, ca, revision, honoured.as_deref());
+
+    let new_data = match &work {
+        Work::Issue { .. } | Work::Reencrypt { .. } => {
+            let (plan2, ca2, p2) = (plan.clone(), ca.clone(), password.clone());
+            let _permit = ctx.crypto.acquire().await.map_err(|e| Error::Task(e.to_string()))?;
+            tokio::task::spawn_blocking(move || bundle::build_data(&material, &ca2, &plan2, &p2, generated))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??
+        }
+        _ => data.iter().filter(|(k, _)| bundle::OWNED_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    let desired = desired_secret(cr, live.as_ref(), new_data, annotations);
+    let work = match work {
+        Work::Nothing if live.as_ref().is_some_and(|l| l.metadata.labels != desired.metadata.labels || l.metadata.annotations != desired.metadata.annotations || l.metadata.owner_references != desired.metadata.owner_references) => Work::Metadata,
+        w => w,
+    };
+
+    // One write for the Secret.
+    let written = match (&work, &live) {
+        (Work::Nothing, Some(l)) => l.clone(),
+        (_, Some(_)) => secrets.replace(&plan.secret_name, &post_params(), &desired).await?,
+        (_, None) => match secrets.create(&post_params(), &desired).await {
+            Ok(s) => s,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Ok(Err(conflict(plan, "it already exists and is not managed by p12-operator")));
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let renewal = plan::renewal_time(plan, facts.not_before, facts.not_after);
+    ctx.checked.lock().unwrap().insert(
+        oref.clone(),
+        Checked {
+            secret_version: written.resource_version().unwrap_or_default(),
+            spec_hash: plan.spec_hash.clone(),
+            profile: plan.keystore_profile.name(),
+            alias: plan.alias.clone(),
+            ca: ca.fingerprint(),
+            password: if generated { "generated".into() } else { password_digest(&password) },
+            renew_token: renew_token.clone(),
+            renewal_time: renewal,
+        },
+    );
+
+    match &work {
+        Work::Issue { reason } => {
+            let (event_reason, note) = if revision > 1 {
+                ("Renewed", format!("issued certificate {} (revision {revision}) because {}", facts.serial_hex, describe(reason)))
+            } else {
+                ("Issued", format!("issued certificate {} into Secret {}", facts.serial_hex, plan.secret_name))
+            };
+            tracing::info!(namespace = %ns, request = %cr.name_any(), serial = %facts.serial_hex, reason, "issued certificate");
+            publish(ctx, cr, EventType::Normal, event_reason, "Issue", note).await;
+        }
+        Work::Reencrypt { reason } => {
+            tracing::info!(namespace = %ns, request = %cr.name_any(), reason, "re-encrypted keystores");
+            publish(ctx, cr, EventType::Normal, "Reencrypted", "Reencrypt", format!("rebuilt the keystores of Secret {} without re-issuing ({})", plan.secret_name, describe(reason))).await;
+        }
+        Work::Metadata => tracing::debug!(namespace = %ns, request = %cr.name_any(), "restored Secret metadata"),
+        Work::Nothing => {}
+    }
+
+    // One write for status, only when it changed.
+    let mut status = cr.status.clone().unwrap_or_default();
+    let generation = cr.metadata.generation;
+    let until = format!("certificate {} valid until {}, renews at {}", facts.serial_hex, facts.not_after, renewal);
+    status::set(&mut status.conditions, status::READY, true, "Issued", &until, generation);
+    status::set(&mut status.conditions, status::ISSUED, true, "Issued", &format!("Secret {} holds revision {revision}", plan.secret_name), generation);
+    status.not_before = Some(Time(facts.not_before));
+    status.not_after = Some(Time(facts.not_after));
+    status.renewal_time = Some(Time(renewal));
+    status.serial_number = Some(facts.serial_hex.clone());
+    status.fingerprint_sha256 = Some(facts.fingerprint_sha256.clone());
+    status.revision = Some(revision);
+    status.failed_attempts = None;
+    status.last_failure_time = None;
+    write_status(ctx, cr, status).await?;
+    Ok(Ok(requeue_at(renewal)))
+}
+
+fn describe(reason: &str) -> &'static str {
+    match reason {
+        "Missing" => "the Secret had no certificate",
+        "Damaged" => "the certificate in the Secret could not be read",
+        "KeyMismatch" => "the key in the Secret did not match its certificate",
+        "CAChanged" => "the CA changed",
+        "SpecChanged" => "the request's certificate fields changed",
+        "RenewalRequested" => "a renewal was requested",
+        "Expired" => "the certificate had expired",
+        "RenewalDue" => "the renewal time was reached",
+        "ProfileChanged" => "the keystore profile changed",
+        "KeystoreStale" => "the keystore did not open with the current password or was out of date",
+        "TruststoreStale" => "the truststore did not open with the current password or was out of date",
+        "CABundleStale" => "ca.crt was out of date",
+        "PasswordSourceChanged" => "the password source changed",
+        _ => "the Secret was out of date",
+    }
+}
+
+fn conflict(plan: &Plan, why: &str) -> Refusal {
+    refuse(
+        "SecretConflict",
+        format!("Secret {} cannot be used because {why}; nothing was written to it. Choose another spec.secretName or remove that Secret", plan.secret_name),
+    )
+}
+
+fn requeue_at(t: Timestamp) -> Action {
+    let secs = t.duration_since(Timestamp::now()).as_secs_f64().max(1.0);
+    // Tokio timers handle long sleeps; cap so a changed clock is noticed daily.
+    Action::requeue(Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+enum IssueError {
+    Policy(String),
+    Pki(pki::PkiError),
+}
+
+/// Key pair → CSR → verified CSR → policy → signature. Runs on a blocking thread.
+fn issue(plan: &Plan, ca: &CertificateAuthority, reuse: Option<PrivateKey>) -> Result<Material, IssueError> {
+    let key = match reuse {
+        Some(k) => k,
+        None => PrivateKey::generate(plan.key_algorithm).map_err(IssueError::Pki)?,
+    };
+    let csr_der = pki::build_csr(&key, &plan.leaf.subject, &plan.leaf.sans).map_err(IssueError::Pki)?;
+    let csr = pki::VerifiedCsr::parse_and_verify(&csr_der).map_err(IssueError::Pki)?;
+    Policy::default_for_signing(plan).check(&plan.leaf, &csr).map_err(|v| IssueError::Policy(v.message().to_string()))?;
+    let cert = pki::sign(ca, &csr, &plan.leaf, Timestamp::now()).map_err(IssueError::Pki)?;
+    Ok(Material { key, leaf_der: cert.der })
+}
+
+trait SigningPolicy {
+    fn default_for_signing(plan: &Plan) -> Policy;
+}
+
+impl SigningPolicy for Policy {
+    /// The plan already passed the installation's policy; at signing time the
+    /// CSR is checked against the plan with bounds that admit that plan.
+    fn default_for_signing(plan: &Plan) -> Policy {
+        Policy {
+            min_duration: plan.leaf.duration,
+            max_duration: plan.leaf.duration,
+            allow_wildcard_dns: true,
+            allow_ip_sans: true,
+            ..Policy::default()
+        }
+    }
+}
+
+async fn publish(ctx: &Context, cr: &CertificateRequest, type_: EventType, reason: &str, action: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(status::truncate(&note)), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+        tracing::warn!(error = %e, "failed to publish an event");
+    }
+}
+
+async fn write_status(ctx: &Context, cr: &CertificateRequest, status: CertificateRequestStatus) -> Result<(), Error> {
+    if cr.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "p12-operator.io/v1alpha1",
+        "kind": "CertificateRequest",
+        "status": status,
+    });
+    api.patch_status(&cr.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+async fn report_refusal(cr: &CertificateRequest, ctx: &Context, r: &Refusal, failures: u32) -> Result<(), Error> {
+    let mut status = cr.status.clone().unwrap_or_default();
+    let previous = status::get(&status.conditions, status::ISSUED).map(|c| (c.reason.clone(), c.message.clone()));
+    let message = status::truncate(&r.message);
+    let generation = cr.metadata.generation;
+    status::set(&mut status.conditions, status::READY, false, r.reason, &message, generation);
+    status::set(&mut status.conditions, status::ISSUED, false, r.reason, &message, generation);
+    status.failed_attempts = Some(failures as i32);
+    status.last_failure_time = Some(Time(Timestamp::now()));
+    let changed = previous != Some((r.reason.to_string(), message.clone()));
+    if changed {
+        tracing::warn!(namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any(), reason = r.reason, message = %message, "request refused");
+        publish(ctx, cr, EventType::Warning, r.reason, "Issue", message).await;
+        write_status(ctx, cr, status).await?;
+    }
+    Ok(())
+}
+
+/// Transient errors: back off per request, exponentially.
+pub fn error_policy(cr: Arc<CertificateRequest>, err: &Error, ctx: Arc<Context>) -> Action {
+    let oref = ObjectRef::from_obj(cr.as_ref());
+    let failures = ctx.failures(&oref) + 1;
+    ctx.failures.lock().unwrap().insert(oref, failures);
+    tracing::warn!(namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any(), category = err.category(), error = %err, "reconcile failed");
+    Action::requeue(backoff(failures))
+}
+
+/// `p12-operator run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
+    let ca_settings = CaSettings {
+        namespace: args.namespace.clone(),
+        secret_name: args.ca_secret.clone(),
+        create: args.ca_create,
+        algorithm: args.ca_key_algorithm,
+        common_name: args.ca_common_name.clone(),
+        validity: args.ca_duration,
+    };
+    let ca_api: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let ca = ca::ensure(&ca_api, &ca_settings).await.map(Arc::new);
+    match &ca {
+        Ok(ca) => tracing::info!(fingerprint = %ca.fingerprint(), not_after = %ca.not_after(), "CA loaded"),
+        Err(p) => tracing::error!(reason = p.reason, message = %p.message, "no usable CA; requests will report it until it is fixed"),
+    }
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: Some(instance) }),
+        policy: policy(&args),
+        ca_settings,
+        ca: RwLock::new(ca),
+        ca_version: Mutex::new(None),
+        secrets: Mutex::default(),
+        refs: Mutex::default(),
+        checked: Mutex::default(),
+        failures: Mutex::default(),
+        crypto: Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+    });
+
+    let (crs, secrets): (Api<CertificateRequest>, Api<PartialObjectMeta<Secret>>) = match &args.watch_namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (reader, writer) = reflector::store();
+    let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|cr| {
+            cr.managed_fields_mut().clear();
+        })
+        .reflect(writer)
+        .applied_objects();
+
+    let (ca_tx, ca_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let ctx2 = ctx.clone();
+    let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|s| {
+            s.managed_fields_mut().clear();
+            s.annotations_mut().clear();
+        })
+        .inspect_ok(move |ev| {
+            ctx2.observe_secret(ev);
+            if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s) = ev {
+                if s.namespace().as_deref() == Some(ctx2.ca_settings.namespace.as_str()) && s.name_any() == ctx2.ca_settings.secret_name {
+                    let changed = ctx2.ca_version.lock().unwrap().replace(s.resource_version().unwrap_or_default()) != s.resource_version();
+                    if changed {
+                        let _ = ca_tx.try_send(());
+                    }
+                }
+            }
+        })
+        .touched_objects();
+
+    // Reload the CA when its Secret changes, then revisit every request.
+    let (all_tx, all_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let ctx3 = ctx.clone();
+    let ca_api2 = ca_api.clone();
+    tokio::spawn(async move {
+        let mut rx = ca_rx;
+        let mut first = true;
+        while rx.recv().await.is_some() {
+            if first {
+                first = false; // The initial listing; the CA was loaded at start-up.
+                continue;
+            }
+            let loaded = ca::ensure(&ca_api2, &ctx3.ca_settings).await.map(Arc::new);
+            match &loaded {
+                Ok(ca) => tracing::info!(fingerprint = %ca.fingerprint(), "CA reloaded"),
+                Err(p) => tracing::error!(reason = p.reason, message = %p.message, "CA Secret changed and cannot be used"),
+            }
+            *ctx3.ca.write().unwrap() = loaded;
+            let _ = all_tx.try_send(());
+        }
+    });
+
+    let ctx4 = ctx.clone();
+    tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
+    Controller::for_stream(cr_stream, reader)
+        .watches_stream(secret_stream, move |s| ctx4.requests_for(&s))
+        .reconcile_all_on(tokio_stream_from(all_rx))
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
