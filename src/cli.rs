@@ -27,6 +27,10 @@ pub enum Command {
     Run(crate::reconciler::RunArgs),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
+    /// Probe TLS endpoints and report, as JSON, what each one served (what probe pods run).
+    Probe(crate::probe::ProbeArgs),
+    /// Describe a PKCS#12 bundle from a file or a Secret: subject, names, validity, chain, fingerprint — never the key.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 /// Where fatal errors are written for Kubernetes to show as the container's

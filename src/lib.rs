@@ -10,5 +10,7 @@ pub mod bundle;
 pub mod cli;
 pub mod duration;
 pub mod plan;
+pub mod probe;
+pub mod inspect;
 pub mod reconciler;
 pub mod telemetry;

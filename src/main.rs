@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use p12_operator::cli::{Cli, Command, termination_log_path};
-use p12_operator::{api, reconciler, telemetry};
+use p12_operator::{api, inspect, probe, reconciler, telemetry};
 
 fn main() {
     let cli = Cli::parse();
@@ -19,6 +19,8 @@ fn main() {
             Err(e) => Err(e),
         },
         Command::Run(args) => runtime().block_on(reconciler::run(args)).map(|()| 0),
+        Command::Probe(args) => runtime().block_on(probe::main(args)),
+        Command::Inspect(args) => runtime().block_on(inspect::main(args)),
     };
     match code {
         Ok(code) => std::process::exit(code),

@@ -36,10 +36,13 @@ public class TlsServer {
         int failures = 0;
         for (int i = 0; i < args.length; i += 3) {
             Path keystore = Path.of(args[i]);
-            char[] password = args[i + 1].toCharArray();
             Path portFile = Path.of(args[i + 2]);
             try {
-                serveOnce(keystore, password, portFile);
+                // "@file:PATH" reads the password from a file, keeping it off the command line.
+                String pw = args[i + 1].startsWith("@file:")
+                    ? Files.readString(Path.of(args[i + 1].substring(6))).strip()
+                    : args[i + 1];
+                serveOnce(keystore, pw.toCharArray(), portFile);
             } catch (Exception e) {
                 failures++;
                 String reason = e.getClass().getSimpleName() + ": " + e.getMessage();

@@ -33,3 +33,99 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use p12_operator::testenv::process;
+
+/// Installs the committed CRD with `kubectl apply` and waits until it is served.
+pub fn install_crd() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let cp = cluster().control_plane();
+        let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/p12-operator.io_certificaterequests.yaml");
+        let out = cp.kubectl().args(["apply", "--server-side", "-f"]).arg(&crd).output().unwrap();
+        assert!(out.status.success(), "CRD apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = cp
+            .kubectl()
+            .args(["wait", "--for=condition=Established", "--timeout=30s", "crd/certificaterequests.p12-operator.io"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "CRD not established: {}", String::from_utf8_lossy(&out.stderr));
+    });
+}
+
+/// An operator process (`p12-operator run`) on the host, talking to the local
+/// control plane as cluster admin. Its stderr goes to `log`.
+pub struct Operator {
+    pub child: Mutex<Child>,
+    pub log: PathBuf,
+    /// The operator's namespace (holds the CA Secret).
+    pub namespace: String,
+}
+
+impl Operator {
+    pub fn start(label: &str, extra_args: &[&str]) -> Operator {
+        install_crd();
+        let cp = cluster().control_plane();
+        let namespace = format!("p12-system-{label}");
+        let out = cp.kubectl().args(["create", "namespace", &namespace]).output().unwrap();
+        assert!(
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
+            "creating {namespace}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = cp.dir.join(format!("operator-{label}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p12-operator"));
+        cmd.args(["--log-level", "trace", "run", "--namespace", &namespace, "--min-duration", "30s"])
+            .args(extra_args)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        let child = process::spawn_tied(cmd).expect("the operator starts");
+        Operator { child: Mutex::new(child), log, namespace }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&self) {
+        process::stop(&mut self.child.lock().unwrap(), Duration::from_secs(10));
+    }
+}
+
+/// The operator shared by the tests of one binary.
+pub fn operator() -> &'static Operator {
+    static OP: OnceLock<Operator> = OnceLock::new();
+    OP.get_or_init(|| Operator::start("shared", &[]))
+}
+
+/// `kubectl apply -f -` of `yaml` into `namespace`.
+pub fn kubectl_apply(yaml: &str, namespace: &str) -> Output {
+    use std::io::Write;
+    let mut child = cluster()
+        .control_plane()
+        .kubectl()
+        .args(["apply", "-n", namespace, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a command with `P12_PASS` set to `password` (never on the command line).
+pub fn run_with_password(program: &str, args: &[&str], password: &str) -> Output {
+    Command::new(program)
+        .args(args)
+        .env("P12_PASS", password)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not be started: {e}"))
+}
