@@ -19,7 +19,10 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore,
+    SignatureScheme,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -33,7 +36,9 @@ pub enum SetupError {
     #[error("failed to use --server-name {0:?}: it is neither a DNS name nor an IP address")]
     InvalidServerName(String),
 
-    #[error("failed to trust CA certificate {index}: it is not a certificate rustls accepts as a trust anchor")]
+    #[error(
+        "failed to trust CA certificate {index}: it is not a certificate rustls accepts as a trust anchor"
+    )]
     InvalidCa {
         index: usize,
         #[source]
@@ -107,11 +112,18 @@ impl Prober {
     /// and warms the provider up, so the first handshake's time is not aws-lc's set-up.
     pub fn new(settings: ProbeSettings) -> Result<Self, SetupError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let webpki = WebPkiServerVerifier::builder_with_provider(settings.roots.clone(), provider.clone())
-            .build()
-            .map_err(SetupError::Verifier)?;
-        let prober = Self { settings, provider, webpki };
-        prober.config(Arc::new(RecordingVerifier::new(prober.webpki.clone(), ""))).map_err(SetupError::Tls)?;
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(settings.roots.clone(), provider.clone())
+                .build()
+                .map_err(SetupError::Verifier)?;
+        let prober = Self {
+            settings,
+            provider,
+            webpki,
+        };
+        prober
+            .config(Arc::new(RecordingVerifier::new(prober.webpki.clone(), "")))
+            .map_err(SetupError::Tls)?;
         prober.warm_up();
         Ok(prober)
     }
@@ -144,19 +156,31 @@ impl Prober {
     /// Probes one endpoint and judges the result.
     pub async fn probe(&self, address: SocketAddr) -> ProbeResult {
         let observation = self.observe(address).await;
-        judge(observation, self.settings.expected_fingerprint(), self.settings.server_name())
+        judge(
+            observation,
+            self.settings.expected_fingerprint(),
+            self.settings.server_name(),
+        )
     }
 
     /// Connects, shakes hands and records what was seen; never takes longer than
     /// the connect timeout plus the handshake timeout (plus a short close).
     pub async fn observe(&self, address: SocketAddr) -> Observation {
-        let mut observation = Observation { address: address.to_string(), ..Observation::default() };
+        let mut observation = Observation {
+            address: address.to_string(),
+            ..Observation::default()
+        };
         let settings = &self.settings;
-        let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(address)).await {
+        let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(address))
+            .await
+        {
             Err(_) => {
                 observation.failure = Some(Finding::new(
                     Reason::Timeout,
-                    format!("no TCP connection within {}", go_duration(settings.connect_timeout)),
+                    format!(
+                        "no TCP connection within {}",
+                        go_duration(settings.connect_timeout)
+                    ),
                 ));
                 return observation;
             }
@@ -168,18 +192,27 @@ impl Prober {
         };
         let _ = tcp.set_nodelay(true);
 
-        let verifier = Arc::new(RecordingVerifier::new(self.webpki.clone(), settings.server_name()));
+        let verifier = Arc::new(RecordingVerifier::new(
+            self.webpki.clone(),
+            settings.server_name(),
+        ));
         let config = match self.config(verifier.clone()) {
             Ok(config) => config,
             Err(error) => {
-                observation.failure = Some(Finding::new(Reason::HandshakeFailed, format!("failed to set up TLS: {error}")));
+                observation.failure = Some(Finding::new(
+                    Reason::HandshakeFailed,
+                    format!("failed to set up TLS: {error}"),
+                ));
                 return observation;
             }
         };
         let connector = TlsConnector::from(Arc::new(config));
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(settings.handshake_timeout, connector.connect(settings.server_name.clone(), tcp)).await;
+        let outcome = tokio::time::timeout(
+            settings.handshake_timeout,
+            connector.connect(settings.server_name.clone(), tcp),
+        )
+        .await;
         let elapsed = started.elapsed();
         if let Some(presented) = verifier.take() {
             observation.chain = presented.chain;
@@ -187,7 +220,11 @@ impl Prober {
         }
         match outcome {
             Err(_) => {
-                let phase = if observation.verdict.is_some() { "completed" } else { "answered" };
+                let phase = if observation.verdict.is_some() {
+                    "completed"
+                } else {
+                    "answered"
+                };
                 observation.failure = Some(Finding::new(
                     Reason::Timeout,
                     format!(
@@ -202,9 +239,13 @@ impl Prober {
                 observation.tls_version = connection.protocol_version().map(protocol_name);
                 observation.cipher_suite = connection.negotiated_cipher_suite().map(|suite| {
                     let suite = suite.suite();
-                    suite.as_str().map(str::to_owned).unwrap_or_else(|| format!("{suite:?}"))
+                    suite
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("{suite:?}"))
                 });
-                observation.handshake_millis = Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
+                observation.handshake_millis =
+                    Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
                 // close_notify, best effort: the probe has nothing to say.
                 let _ = tokio::time::timeout(Duration::from_millis(500), stream.shutdown()).await;
             }
@@ -248,11 +289,18 @@ struct RecordingVerifier {
 
 impl RecordingVerifier {
     fn new(inner: Arc<WebPkiServerVerifier>, server_name: &str) -> Self {
-        Self { inner, server_name: server_name.to_owned(), presented: Mutex::new(None) }
+        Self {
+            inner,
+            server_name: server_name.to_owned(),
+            presented: Mutex::new(None),
+        }
     }
 
     fn take(&self) -> Option<Presented> {
-        self.presented.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+        self.presented
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 }
 
@@ -270,8 +318,14 @@ impl ServerCertVerifier for RecordingVerifier {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map(|_| ())
             .map_err(|error| classify_verdict(&error, &self.server_name));
-        let chain = std::iter::once(end_entity).chain(intermediates).map(|der| der.as_ref().to_vec()).collect();
-        *self.presented.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Presented { chain, verdict });
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|der| der.as_ref().to_vec())
+            .collect();
+        *self
+            .presented
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Presented { chain, verdict });
         Ok(ServerCertVerified::assertion())
     }
 
@@ -309,24 +363,31 @@ fn timestamp(time: UnixTime) -> String {
 pub fn classify_verdict(error: &rustls::Error, server_name: &str) -> Finding {
     use CertificateError as C;
     let rustls::Error::InvalidCertificate(certificate_error) = error else {
-        return Finding::new(Reason::UntrustedChain, format!("failed verification: {error}"));
+        return Finding::new(
+            Reason::UntrustedChain,
+            format!("failed verification: {error}"),
+        );
     };
     match certificate_error {
         C::Expired => Finding::new(Reason::Expired, "has expired"),
-        C::ExpiredContext { not_after, .. } => {
-            Finding::new(Reason::Expired, format!("expired at {}", timestamp(*not_after)))
-        }
+        C::ExpiredContext { not_after, .. } => Finding::new(
+            Reason::Expired,
+            format!("expired at {}", timestamp(*not_after)),
+        ),
         C::NotValidYet => Finding::new(Reason::Expired, "is not valid yet"),
-        C::NotValidYetContext { not_before, .. } => {
-            Finding::new(Reason::Expired, format!("is not valid before {}", timestamp(*not_before)))
-        }
-        C::NotValidForName | C::NotValidForNameContext { .. } => {
-            Finding::new(Reason::HostnameMismatch, format!("does not name {server_name}"))
-        }
+        C::NotValidYetContext { not_before, .. } => Finding::new(
+            Reason::Expired,
+            format!("is not valid before {}", timestamp(*not_before)),
+        ),
+        C::NotValidForName | C::NotValidForNameContext { .. } => Finding::new(
+            Reason::HostnameMismatch,
+            format!("does not name {server_name}"),
+        ),
         C::UnknownIssuer => Finding::new(Reason::UntrustedChain, "is not signed by a trusted CA"),
-        C::BadSignature => {
-            Finding::new(Reason::UntrustedChain, "carries a signature that does not verify with its issuer's key")
-        }
+        C::BadSignature => Finding::new(
+            Reason::UntrustedChain,
+            "is not signed by a trusted CA: a signature in its chain does not verify (another CA of the same name?)",
+        ),
         #[allow(deprecated)]
         C::UnsupportedSignatureAlgorithm
         | C::UnsupportedSignatureAlgorithmContext { .. }
@@ -334,26 +395,41 @@ pub fn classify_verdict(error: &rustls::Error, server_name: &str) -> Finding {
             Reason::UntrustedChain,
             "is signed with an algorithm the probe does not accept (SHA-1 and RSA keys outside 2048–8192 bits are refused)",
         ),
-        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
-            Finding::new(Reason::UntrustedChain, "is not valid for server authentication (extended key usage)")
-        }
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => Finding::new(
+            Reason::UntrustedChain,
+            "is not valid for server authentication (extended key usage)",
+        ),
         C::BadEncoding => Finding::new(Reason::UntrustedChain, "is malformed"),
         C::Revoked => Finding::new(Reason::UntrustedChain, "is revoked"),
-        C::UnhandledCriticalExtension => {
-            Finding::new(Reason::UntrustedChain, "has a critical extension the verifier does not understand")
-        }
-        other => Finding::new(Reason::UntrustedChain, format!("failed verification: {}", rustls::Error::InvalidCertificate(other.clone()))),
+        C::UnhandledCriticalExtension => Finding::new(
+            Reason::UntrustedChain,
+            "has a critical extension the verifier does not understand",
+        ),
+        other => Finding::new(
+            Reason::UntrustedChain,
+            format!(
+                "failed verification: {}",
+                rustls::Error::InvalidCertificate(other.clone())
+            ),
+        ),
     }
 }
 
 /// Classifies an error of the TLS handshake (after the certificate verdict).
 pub fn classify_handshake_error(error: &io::Error) -> Finding {
-    if let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         return classify_tls_error(tls);
     }
     let detail = match error.kind() {
-        io::ErrorKind::UnexpectedEof => "the server closed the connection during the TLS handshake".to_owned(),
-        io::ErrorKind::ConnectionReset => "the server reset the connection during the TLS handshake".to_owned(),
+        io::ErrorKind::UnexpectedEof => {
+            "the server closed the connection during the TLS handshake".to_owned()
+        }
+        io::ErrorKind::ConnectionReset => {
+            "the server reset the connection during the TLS handshake".to_owned()
+        }
         _ => format!("the TLS handshake failed: {error}"),
     };
     Finding::new(Reason::HandshakeFailed, detail)
@@ -363,12 +439,18 @@ pub fn classify_handshake_error(error: &io::Error) -> Finding {
 pub fn classify_tls_error(error: &rustls::Error) -> Finding {
     use rustls::Error as E;
     let detail = match error {
-        E::AlertReceived(alert) => format!("the server aborted the TLS handshake with the alert {alert:?}"),
+        E::AlertReceived(alert) => {
+            format!("the server aborted the TLS handshake with the alert {alert:?}")
+        }
         E::PeerIncompatible(what) => format!(
             "the server offers nothing the probe accepts (TLS 1.2 with AEAD suites or TLS 1.3): {what:?}"
         ),
-        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
-            format!("the server's answer is not a TLS handshake (does the port speak TLS?): {error}")
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => {
+            format!(
+                "the server's answer is not a TLS handshake (does the port speak TLS?): {error}"
+            )
         }
         E::NoCertificatesPresented => "the server presented no certificate".to_owned(),
         // Our verifier accepts every chain, so a certificate error here is the
@@ -384,8 +466,15 @@ pub fn classify_tls_error(error: &rustls::Error) -> Finding {
 /// Classifies an error of the TCP connect.
 pub fn classify_connect_error(error: &io::Error) -> Finding {
     let detail = match error.kind() {
-        io::ErrorKind::ConnectionRefused => "the connection was refused: nothing listens on the port".to_owned(),
-        io::ErrorKind::TimedOut => return Finding::new(Reason::Timeout, format!("the TCP connection timed out: {error}")),
+        io::ErrorKind::ConnectionRefused => {
+            "the connection was refused: nothing listens on the port".to_owned()
+        }
+        io::ErrorKind::TimedOut => {
+            return Finding::new(
+                Reason::Timeout,
+                format!("the TCP connection timed out: {error}"),
+            );
+        }
         _ => format!("failed to connect: {error}"),
     };
     Finding::new(Reason::ConnectionFailed, detail)
@@ -413,7 +502,10 @@ mod tests {
             let finding = classify_verdict(&certificate_error(error.clone()), "web.shop.svc");
             assert_eq!(finding.reason, Reason::UntrustedChain, "{error:?}");
         }
-        let finding = classify_verdict(&certificate_error(CertificateError::UnknownIssuer), "web.shop.svc");
+        let finding = classify_verdict(
+            &certificate_error(CertificateError::UnknownIssuer),
+            "web.shop.svc",
+        );
         assert_eq!(finding.detail, "is not signed by a trusted CA");
     }
 
@@ -421,17 +513,35 @@ mod tests {
     fn expired_and_not_yet_valid_certificates_are_expired() {
         let at = |second| UnixTime::since_unix_epoch(Duration::from_secs(second));
         let expired = classify_verdict(
-            &certificate_error(CertificateError::ExpiredContext { time: at(1_800_000_000), not_after: at(1_700_000_000) }),
+            &certificate_error(CertificateError::ExpiredContext {
+                time: at(1_800_000_000),
+                not_after: at(1_700_000_000),
+            }),
             "web.shop.svc",
         );
-        assert_eq!(expired, Finding::new(Reason::Expired, "expired at 2023-11-14T22:13:20Z"));
+        assert_eq!(
+            expired,
+            Finding::new(Reason::Expired, "expired at 2023-11-14T22:13:20Z")
+        );
         let early = classify_verdict(
-            &certificate_error(CertificateError::NotValidYetContext { time: at(0), not_before: at(1_700_000_000) }),
+            &certificate_error(CertificateError::NotValidYetContext {
+                time: at(0),
+                not_before: at(1_700_000_000),
+            }),
             "web.shop.svc",
         );
-        assert_eq!(early, Finding::new(Reason::Expired, "is not valid before 2023-11-14T22:13:20Z"));
-        assert_eq!(classify_verdict(&certificate_error(CertificateError::Expired), "x").reason, Reason::Expired);
-        assert_eq!(classify_verdict(&certificate_error(CertificateError::NotValidYet), "x").reason, Reason::Expired);
+        assert_eq!(
+            early,
+            Finding::new(Reason::Expired, "is not valid before 2023-11-14T22:13:20Z")
+        );
+        assert_eq!(
+            classify_verdict(&certificate_error(CertificateError::Expired), "x").reason,
+            Reason::Expired
+        );
+        assert_eq!(
+            classify_verdict(&certificate_error(CertificateError::NotValidYet), "x").reason,
+            Reason::Expired
+        );
     }
 
     #[test]
@@ -445,7 +555,11 @@ mod tests {
             Finding::new(Reason::HostnameMismatch, "does not name web.shop.svc")
         );
         assert_eq!(
-            classify_verdict(&certificate_error(CertificateError::NotValidForName), "web.shop.svc").reason,
+            classify_verdict(
+                &certificate_error(CertificateError::NotValidForName),
+                "web.shop.svc"
+            )
+            .reason,
             Reason::HostnameMismatch
         );
     }
@@ -453,22 +567,52 @@ mod tests {
     #[test]
     fn handshake_errors_are_handshake_failures_with_a_hint() {
         let wrap = |error: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, error);
-        let alert = classify_handshake_error(&wrap(rustls::Error::AlertReceived(AlertDescription::HandshakeFailure)));
+        let alert = classify_handshake_error(&wrap(rustls::Error::AlertReceived(
+            AlertDescription::HandshakeFailure,
+        )));
         assert_eq!(alert.reason, Reason::HandshakeFailed);
-        assert!(alert.detail.contains("HandshakeFailure"), "{}", alert.detail);
+        assert!(
+            alert.detail.contains("HandshakeFailure"),
+            "{}",
+            alert.detail
+        );
         let incompatible = classify_handshake_error(&wrap(rustls::Error::PeerIncompatible(
             rustls::PeerIncompatible::NoCipherSuitesInCommon,
         )));
-        assert!(incompatible.detail.contains("TLS 1.2 with AEAD suites or TLS 1.3"), "{}", incompatible.detail);
+        assert!(
+            incompatible
+                .detail
+                .contains("TLS 1.2 with AEAD suites or TLS 1.3"),
+            "{}",
+            incompatible.detail
+        );
         let not_tls = classify_handshake_error(&wrap(rustls::Error::InvalidMessage(
             rustls::InvalidMessage::InvalidContentType,
         )));
-        assert!(not_tls.detail.contains("does the port speak TLS?"), "{}", not_tls.detail);
-        let signature = classify_handshake_error(&wrap(certificate_error(CertificateError::BadSignature)));
+        assert!(
+            not_tls.detail.contains("does the port speak TLS?"),
+            "{}",
+            not_tls.detail
+        );
+        let signature =
+            classify_handshake_error(&wrap(certificate_error(CertificateError::BadSignature)));
         assert_eq!(signature.reason, Reason::HandshakeFailed);
-        assert!(signature.detail.contains("matching private key"), "{}", signature.detail);
-        let eof = classify_handshake_error(&io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof"));
-        assert_eq!(eof, Finding::new(Reason::HandshakeFailed, "the server closed the connection during the TLS handshake"));
+        assert!(
+            signature.detail.contains("matching private key"),
+            "{}",
+            signature.detail
+        );
+        let eof = classify_handshake_error(&io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "tls handshake eof",
+        ));
+        assert_eq!(
+            eof,
+            Finding::new(
+                Reason::HandshakeFailed,
+                "the server closed the connection during the TLS handshake"
+            )
+        );
     }
 
     #[test]
@@ -476,7 +620,10 @@ mod tests {
         let refused = classify_connect_error(&io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(refused.reason, Reason::ConnectionFailed);
         assert!(refused.detail.contains("refused"));
-        assert_eq!(classify_connect_error(&io::Error::from(io::ErrorKind::TimedOut)).reason, Reason::Timeout);
+        assert_eq!(
+            classify_connect_error(&io::Error::from(io::ErrorKind::TimedOut)).reason,
+            Reason::Timeout
+        );
         assert_eq!(
             classify_connect_error(&io::Error::from(io::ErrorKind::HostUnreachable)).reason,
             Reason::ConnectionFailed
@@ -485,13 +632,39 @@ mod tests {
 
     #[test]
     fn settings_refuse_bad_server_names_and_non_certificates() {
-        let error = ProbeSettings::new("not a name!", &[], None, Duration::from_secs(1), Duration::from_secs(1))
-            .unwrap_err();
-        assert!(error.to_string().starts_with("failed to use --server-name"), "{error}");
-        let error =
-            ProbeSettings::new("web.shop.svc", &[b"junk".to_vec()], None, Duration::from_secs(1), Duration::from_secs(1))
-                .unwrap_err();
-        assert!(matches!(error, SetupError::InvalidCa { index: 0, .. }), "{error}");
-        assert!(ProbeSettings::new("10.0.0.7", &[], None, Duration::from_secs(1), Duration::from_secs(1)).is_ok());
+        let error = ProbeSettings::new(
+            "not a name!",
+            &[],
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with("failed to use --server-name"),
+            "{error}"
+        );
+        let error = ProbeSettings::new(
+            "web.shop.svc",
+            &[b"junk".to_vec()],
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, SetupError::InvalidCa { index: 0, .. }),
+            "{error}"
+        );
+        assert!(
+            ProbeSettings::new(
+                "10.0.0.7",
+                &[],
+                None,
+                Duration::from_secs(1),
+                Duration::from_secs(1)
+            )
+            .is_ok()
+        );
     }
 }

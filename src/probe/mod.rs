@@ -43,7 +43,12 @@ pub struct ProbeArgs {
     pub ca_file: Option<PathBuf>,
 
     /// The CA certificate(s) to trust, as PEM text (probe pods get it through the environment).
-    #[arg(long, value_name = "PEM", env = "P12_PROBE_CA_PEM", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "P12_PROBE_CA_PEM",
+        hide_env_values = true
+    )]
     pub ca_pem: Option<String>,
 
     /// SHA-256 fingerprint (hex, colons allowed) of the certificate the endpoints should serve.
@@ -120,7 +125,10 @@ pub struct Finding {
 
 impl Finding {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -173,7 +181,11 @@ impl ProbeResult {
             cipher_suite: self.cipher_suite.clone(),
             handshake_millis: self.handshake_millis,
             // The status field explains failures only.
-            message: if self.reason == Reason::Verified { String::new() } else { self.message.clone() },
+            message: if self.reason == Reason::Verified {
+                String::new()
+            } else {
+                self.message.clone()
+            },
         }
     }
 }
@@ -239,7 +251,11 @@ impl ProbeReport {
     pub fn to_status(&self) -> ProbeStatus {
         ProbeStatus {
             last_probe_time: Some(Time(self.probed_at)),
-            endpoints: self.endpoints.iter().map(ProbeResult::to_endpoint_result).collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(ProbeResult::to_endpoint_result)
+                .collect(),
         }
     }
 }
@@ -262,7 +278,12 @@ pub struct Observation {
 /// Normalises a fingerprint as people paste it (`AB:CD:…` or `abcd…`) to
 /// lowercase hex without colons; `None` unless it is 32 bytes of hex.
 pub fn normalize_fingerprint(text: &str) -> Option<String> {
-    let hex: String = text.trim().chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hex: String = text
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
 }
 
@@ -273,7 +294,12 @@ fn short(fingerprint: &str) -> &str {
 /// `CN=web.shop.svc, serial 4a…, issued by CN=CA`: how messages name a certificate.
 fn describe(info: Option<&CertInfo>, fingerprint: Option<&str>) -> String {
     match (info, fingerprint) {
-        (Some(info), _) => format!("({}, issued by {}, serial {})", or_dash(&info.subject), or_dash(&info.issuer), info.serial_hex),
+        (Some(info), _) => format!(
+            "({}, issued by {}, serial {})",
+            or_dash(&info.subject),
+            or_dash(&info.issuer),
+            info.serial_hex
+        ),
         (None, Some(fp)) => format!("(unparseable, SHA-256 {}…)", short(fp)),
         (None, None) => String::new(),
     }
@@ -284,9 +310,18 @@ fn or_dash(text: &str) -> &str {
 }
 
 fn names_of(info: &CertInfo) -> String {
-    let names: Vec<String> =
-        info.sans.dns.iter().cloned().chain(info.sans.ips.iter().map(|ip| ip.to_string())).collect();
-    if names.is_empty() { "no DNS or IP names".to_owned() } else { names.join(", ") }
+    let names: Vec<String> = info
+        .sans
+        .dns
+        .iter()
+        .cloned()
+        .chain(info.sans.ips.iter().map(|ip| ip.to_string()))
+        .collect();
+    if names.is_empty() {
+        "no DNS or IP names".to_owned()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Turns an observation into the endpoint's result. A certificate problem is
@@ -315,11 +350,17 @@ pub fn judge(observation: Observation, expected: Option<&str>, server_name: &str
         (_, Some(failure)) => {
             let mut message = failure.detail.clone();
             if let (Some(Ok(())), Some(fp)) = (&observation.verdict, &fingerprint) {
-                message.push_str(&format!(" (after presenting a certificate that verifies, SHA-256 {}…)", short(fp)));
+                message.push_str(&format!(
+                    " (after presenting a certificate that verifies, SHA-256 {}…)",
+                    short(fp)
+                ));
             }
             (failure.reason, message)
         }
-        (None, None) => (Reason::HandshakeFailed, "the handshake ended without the server presenting a certificate".to_owned()),
+        (None, None) => (
+            Reason::HandshakeFailed,
+            "the handshake ended without the server presenting a certificate".to_owned(),
+        ),
         (Some(Ok(())), None) => match (matches_issued, expected) {
             (Some(false), Some(expected)) => (
                 Reason::StaleCertificate,
@@ -330,8 +371,15 @@ pub fn judge(observation: Observation, expected: Option<&str>, server_name: &str
                 ),
             ),
             _ => {
-                let until = info.as_ref().map(|i| format!(", valid until {}", i.not_after)).unwrap_or_default();
-                let what = if matches_issued == Some(true) { "the issued certificate" } else { "a certificate" };
+                let until = info
+                    .as_ref()
+                    .map(|i| format!(", valid until {}", i.not_after))
+                    .unwrap_or_default();
+                let what = if matches_issued == Some(true) {
+                    "the issued certificate"
+                } else {
+                    "a certificate"
+                };
                 (
                     Reason::Verified,
                     format!(
@@ -365,11 +413,17 @@ struct UsageError(String);
 
 /// Parses the CA certificates from PEM text into DER.
 fn parse_ca_pem(text: &[u8], source: &str) -> Result<Vec<Vec<u8>>, UsageError> {
-    let blocks = pem::parse_many(text).map_err(|e| UsageError(format!("failed to read the CA from {source}: {e}")))?;
-    let certs: Vec<Vec<u8>> =
-        blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE").map(pem::Pem::into_contents).collect();
+    let blocks = pem::parse_many(text)
+        .map_err(|e| UsageError(format!("failed to read the CA from {source}: {e}")))?;
+    let certs: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
     if certs.is_empty() {
-        return Err(UsageError(format!("failed to read the CA from {source}: no CERTIFICATE block found")));
+        return Err(UsageError(format!(
+            "failed to read the CA from {source}: no CERTIFICATE block found"
+        )));
     }
     Ok(certs)
 }
@@ -377,8 +431,9 @@ fn parse_ca_pem(text: &[u8], source: &str) -> Result<Vec<Vec<u8>>, UsageError> {
 fn settings(args: &ProbeArgs) -> Result<client::ProbeSettings, UsageError> {
     let ca_ders = match (&args.ca_file, &args.ca_pem) {
         (Some(path), _) => {
-            let text = std::fs::read(path)
-                .map_err(|e| UsageError(format!("failed to read --ca-file {}: {e}", path.display())))?;
+            let text = std::fs::read(path).map_err(|e| {
+                UsageError(format!("failed to read --ca-file {}: {e}", path.display()))
+            })?;
             parse_ca_pem(&text, &format!("--ca-file {}", path.display()))?
         }
         (None, Some(text)) => parse_ca_pem(text.as_bytes(), "--ca-pem / P12_PROBE_CA_PEM")?,
@@ -390,7 +445,9 @@ fn settings(args: &ProbeArgs) -> Result<client::ProbeSettings, UsageError> {
         None => None,
         Some(text) if text.trim().is_empty() => None,
         Some(text) => Some(normalize_fingerprint(text).ok_or_else(|| {
-            UsageError(format!("failed to read --expect-fingerprint {text:?}: expected 64 hex digits (SHA-256)"))
+            UsageError(format!(
+                "failed to read --expect-fingerprint {text:?}: expected 64 hex digits (SHA-256)"
+            ))
         })?),
     };
     client::ProbeSettings::new(
@@ -414,9 +471,16 @@ fn write_termination_log(message: &str) {
 
 /// Probes every endpoint (at most [`CONCURRENCY`] at once), keeping their order.
 pub async fn probe_all(prober: &client::Prober, endpoints: &[SocketAddr]) -> ProbeReport {
-    let endpoints: Vec<ProbeResult> =
-        futures::stream::iter(endpoints.iter().copied()).map(|a| prober.probe(a)).buffered(CONCURRENCY).collect().await;
-    ProbeReport { endpoints, probed_at: Timestamp::now(), omitted_endpoints: 0 }
+    let endpoints: Vec<ProbeResult> = futures::stream::iter(endpoints.iter().copied())
+        .map(|a| prober.probe(a))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    ProbeReport {
+        endpoints,
+        probed_at: Timestamp::now(),
+        omitted_endpoints: 0,
+    }
 }
 
 /// Runs `p12-operator probe`; returns the exit code (0 all verified, 1 otherwise, 2 usage).
@@ -437,4 +501,253 @@ pub async fn main(args: ProbeArgs) -> anyhow::Result<i32> {
     println!("{}", report.to_json());
     write_termination_log(&report.termination_message(TERMINATION_MESSAGE_LIMIT));
     Ok(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{
+        CertificateAuthority, CsrSubject, KeyAlgorithm, LeafProfile, PrivateKey, SubjectAltNames,
+        Usage,
+    };
+
+    fn leaf() -> Vec<u8> {
+        let now = Timestamp::now();
+        let ca = CertificateAuthority::generate_self_signed(
+            KeyAlgorithm::EcdsaP256,
+            "CA",
+            Duration::from_secs(86400),
+            now,
+        )
+        .unwrap();
+        let profile = LeafProfile {
+            subject: CsrSubject::with_common_name("web.shop.svc"),
+            sans: SubjectAltNames {
+                dns: vec!["web.shop.svc".into()],
+                ..Default::default()
+            },
+            usages: vec![Usage::ServerAuth],
+            duration: Duration::from_secs(3600),
+        };
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = crate::pki::build_csr(&key, &profile.subject, &profile.sans).unwrap();
+        let csr = crate::pki::VerifiedCsr::parse_and_verify(&csr).unwrap();
+        crate::pki::sign(&ca, &csr, &profile, now).unwrap().der
+    }
+
+    fn handshake(chain: Vec<Vec<u8>>, verdict: Result<(), Finding>) -> Observation {
+        Observation {
+            address: "10.0.0.7:8443".into(),
+            chain,
+            verdict: Some(verdict),
+            failure: None,
+            tls_version: Some("TLSv1.3".into()),
+            cipher_suite: Some("TLS13_AES_128_GCM_SHA256".into()),
+            handshake_millis: Some(3),
+        }
+    }
+
+    #[test]
+    fn the_issued_certificate_served_and_verified_is_verified() {
+        let der = leaf();
+        let fingerprint = fingerprint_sha256(&der);
+        let result = judge(
+            handshake(vec![der.clone()], Ok(())),
+            Some(&fingerprint),
+            "web.shop.svc",
+        );
+        assert_eq!(result.reason, Reason::Verified);
+        assert!(result.verified);
+        assert_eq!(result.matches_issued, Some(true));
+        assert_eq!(
+            result.served_fingerprint_sha256.as_deref(),
+            Some(fingerprint.as_str())
+        );
+        assert_eq!(
+            result.serial,
+            Some(parse_certificate_info(&der).unwrap().serial_hex)
+        );
+        assert_eq!(result.chain_length, 1);
+        assert!(
+            result
+                .message
+                .starts_with("served the issued certificate (CN=web.shop.svc"),
+            "{}",
+            result.message
+        );
+        let status = result.to_endpoint_result();
+        assert!(status.verified && status.matches_issued);
+        assert_eq!(status.message, "", "status explains failures only");
+    }
+
+    #[test]
+    fn another_verified_certificate_is_stale_and_without_expectation_is_verified() {
+        let der = leaf();
+        let other = "ab".repeat(32);
+        let result = judge(
+            handshake(vec![der.clone()], Ok(())),
+            Some(&other),
+            "web.shop.svc",
+        );
+        assert_eq!(
+            (result.reason, result.verified, result.matches_issued),
+            (Reason::StaleCertificate, true, Some(false))
+        );
+        assert!(
+            result
+                .message
+                .contains("is not the issued abababababababab…"),
+            "{}",
+            result.message
+        );
+        let result = judge(handshake(vec![der], Ok(())), None, "web.shop.svc");
+        assert_eq!(
+            (result.reason, result.matches_issued),
+            (Reason::Verified, None)
+        );
+    }
+
+    #[test]
+    fn a_certificate_problem_wins_over_a_later_handshake_failure_and_keeps_the_fingerprint() {
+        let der = leaf();
+        let mut observation = handshake(
+            vec![der.clone()],
+            Err(Finding::new(
+                Reason::UntrustedChain,
+                "is not signed by a trusted CA",
+            )),
+        );
+        observation.failure = Some(Finding::new(
+            Reason::HandshakeFailed,
+            "the server reset the connection",
+        ));
+        let result = judge(observation, Some(&fingerprint_sha256(&der)), "web.shop.svc");
+        assert_eq!(result.reason, Reason::UntrustedChain);
+        assert!(!result.verified);
+        assert_eq!(
+            result.matches_issued,
+            Some(true),
+            "the fingerprint is still compared"
+        );
+        assert!(
+            result
+                .message
+                .ends_with("is not signed by a trusted CA; then the server reset the connection"),
+            "{}",
+            result.message
+        );
+    }
+
+    #[test]
+    fn a_verified_chain_followed_by_a_failed_handshake_is_not_verified() {
+        let mut observation = handshake(vec![leaf()], Ok(()));
+        observation.failure = Some(Finding::new(
+            Reason::HandshakeFailed,
+            "the server's handshake signature does not verify",
+        ));
+        let result = judge(observation, None, "web.shop.svc");
+        assert_eq!(
+            (result.reason, result.verified),
+            (Reason::HandshakeFailed, false)
+        );
+    }
+
+    #[test]
+    fn a_timeout_before_any_certificate_reports_no_fingerprint() {
+        let observation = Observation {
+            address: "10.0.0.7:8443".into(),
+            failure: Some(Finding::new(
+                Reason::Timeout,
+                "no handshake answered within 1s",
+            )),
+            ..Observation::default()
+        };
+        let result = judge(observation, Some(&"ab".repeat(32)), "web.shop.svc");
+        assert_eq!(result.reason, Reason::Timeout);
+        assert_eq!(result.served_fingerprint_sha256, None);
+        assert_eq!(result.matches_issued, Some(false));
+        assert_eq!(result.chain_length, 0);
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["reason"], "Timeout");
+        assert!(json.get("servedFingerprintSha256").is_none());
+    }
+
+    #[test]
+    fn fingerprints_are_accepted_with_colons_and_in_uppercase() {
+        let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(normalize_fingerprint(hex).as_deref(), Some(hex));
+        let openssl_style = hex
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(normalize_fingerprint(&openssl_style).as_deref(), Some(hex));
+        assert_eq!(normalize_fingerprint("abc"), None);
+        assert_eq!(normalize_fingerprint(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn the_termination_message_drops_messages_first_then_endpoints_to_fit() {
+        let der = leaf();
+        let one = judge(handshake(vec![der], Ok(())), None, "web.shop.svc");
+        let report = |n: usize| ProbeReport {
+            endpoints: (0..n)
+                .map(|i| ProbeResult {
+                    address: format!("10.0.0.{i}:8443"),
+                    ..one.clone()
+                })
+                .collect(),
+            probed_at: Timestamp::now(),
+            omitted_endpoints: 0,
+        };
+        let small = report(1);
+        assert_eq!(
+            small.termination_message(TERMINATION_MESSAGE_LIMIT),
+            small.to_json()
+        );
+
+        let fits_without_messages = report(9);
+        assert!(fits_without_messages.to_json().len() > TERMINATION_MESSAGE_LIMIT);
+        let text = fits_without_messages.termination_message(TERMINATION_MESSAGE_LIMIT);
+        assert!(text.len() <= TERMINATION_MESSAGE_LIMIT);
+        let parsed = ProbeReport::from_json(&text).unwrap();
+        assert_eq!(parsed.endpoints.len(), 9);
+        assert!(
+            parsed
+                .endpoints
+                .iter()
+                .all(|e| e.message.is_empty() && e.served_fingerprint_sha256.is_some())
+        );
+
+        let large = report(40);
+        let text = large.termination_message(TERMINATION_MESSAGE_LIMIT);
+        assert!(text.len() <= TERMINATION_MESSAGE_LIMIT);
+        let parsed = ProbeReport::from_json(&text).unwrap();
+        assert_eq!(parsed.endpoints.len() + parsed.omitted_endpoints, 40);
+        assert_eq!(
+            parsed.endpoints[0].address, "10.0.0.0:8443",
+            "the first endpoints are kept"
+        );
+    }
+
+    #[test]
+    fn exit_code_is_zero_only_when_every_endpoint_is_verified() {
+        let ok = judge(handshake(vec![leaf()], Ok(())), None, "web.shop.svc");
+        let bad = ProbeResult {
+            reason: Reason::Timeout,
+            verified: false,
+            ..ok.clone()
+        };
+        let report = |endpoints| ProbeReport {
+            endpoints,
+            probed_at: Timestamp::now(),
+            omitted_endpoints: 0,
+        };
+        assert_eq!(report(vec![ok.clone(), ok.clone()]).exit_code(), 0);
+        assert_eq!(report(vec![ok.clone(), bad]).exit_code(), 1);
+        assert_eq!(report(vec![]).exit_code(), 1);
+        assert_eq!(report(vec![ok]).to_status().endpoints.len(), 1);
+    }
 }

@@ -703,7 +703,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reflect(writer)
         .applied_objects();
 
-    let (ca_tx, ca_rx) = tokio::sync::mpsc::channel::<()>(1);
     let ctx2 = ctx.clone();
     let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -711,29 +710,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             s.managed_fields_mut().clear();
             s.annotations_mut().clear();
         })
-        .inspect_ok(move |ev| {
-            ctx2.observe_secret(ev);
-            if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s) = ev {
-                if s.namespace().as_deref() == Some(ctx2.ca_settings.namespace.as_str()) && s.name_any() == ctx2.ca_settings.secret_name {
-                    let changed = ctx2.ca_version.lock().unwrap().replace(s.resource_version().unwrap_or_default()) != s.resource_version();
-                    if changed {
-                        let _ = ca_tx.try_send(());
-                    }
-                }
-            }
-        })
+        .inspect_ok(move |ev| ctx2.observe_secret(ev))
         .touched_objects();
 
     // Reload the CA when its Secret changes, then revisit every request.
     let (all_tx, all_rx) = tokio::sync::mpsc::channel::<()>(1);
     let ctx3 = ctx.clone();
     let ca_api2 = ca_api.clone();
+    let ca_meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &args.namespace);
+    let ca_filter = watcher::Config::default().fields(&format!("metadata.name={}", args.ca_secret));
     tokio::spawn(async move {
-        let mut rx = ca_rx;
-        let mut first = true;
-        while rx.recv().await.is_some() {
-            if first {
-                first = false; // The initial listing; the CA was loaded at start-up.
+        let mut events = watcher(ca_meta, ca_filter).default_backoff().boxed();
+        while let Some(ev) = events.next().await {
+            let version = match ev {
+                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s.resource_version(),
+                Ok(watcher::Event::Delete(_)) => Some("deleted".to_string()),
+                _ => continue,
+            };
+            let previous = ctx3.ca_version.lock().unwrap().replace(version.clone().unwrap_or_default());
+            // The first sighting is the Secret loaded at start-up.
+            if previous.is_none() || previous == version {
                 continue;
             }
             let loaded = ca::ensure(&ca_api2, &ctx3.ca_settings).await.map(Arc::new);
