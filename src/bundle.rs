@@ -71,7 +71,8 @@ pub fn build_data(
         password,
         plan.keystore_profile,
     )?;
-    let truststore = keystore::build_truststore(&[ca.root_der().to_vec()], password, plan.keystore_profile)?;
+    let truststore =
+        keystore::build_truststore(&[ca.root_der().to_vec()], password, plan.keystore_profile)?;
     // tls.crt: leaf and intermediates, not the root — as web servers expect.
     let mut tls_crt = pem_block("CERTIFICATE", &material.leaf_der);
     for der in ca.chain() {
@@ -83,10 +84,16 @@ pub fn build_data(
     data.insert(KEYSTORE.into(), ByteString(keystore.expose().to_vec()));
     data.insert(TRUSTSTORE.into(), ByteString(truststore.expose().to_vec()));
     data.insert(TLS_CRT.into(), ByteString(tls_crt.into_bytes()));
-    data.insert(TLS_KEY.into(), ByteString(material.key.to_pem().expose().as_bytes().to_vec()));
+    data.insert(
+        TLS_KEY.into(),
+        ByteString(material.key.to_pem().expose().as_bytes().to_vec()),
+    );
     data.insert(CA_CRT.into(), ByteString(ca.root_pem().into_bytes()));
     if generated_password {
-        data.insert(PASSWORD.into(), ByteString(password.expose().as_bytes().to_vec()));
+        data.insert(
+            PASSWORD.into(),
+            ByteString(password.expose().as_bytes().to_vec()),
+        );
     }
     Ok(data)
 }
@@ -96,7 +103,9 @@ pub fn generate_password() -> SecretString {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let text: String = (0..24).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let text: String = (0..24)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     SecretString::from(text)
 }
 
@@ -144,7 +153,11 @@ impl Existing {
             .and_then(|b| String::from_utf8(b.0.clone()).ok())
             .filter(|p| !p.is_empty())
             .map(SecretString::from);
-        Existing { key, leaf_der, stored_password }
+        Existing {
+            key,
+            leaf_der,
+            stored_password,
+        }
     }
 }
 
@@ -162,7 +175,10 @@ pub enum Verdict {
 
 /// Whether `leaf_der` was signed by `ca`'s certificate.
 pub fn issued_by(leaf_der: &[u8], ca: &CertificateAuthority) -> bool {
-    let (Ok((_, leaf)), Ok((_, issuer))) = (X509Certificate::from_der(leaf_der), X509Certificate::from_der(ca.cert_der())) else {
+    let (Ok((_, leaf)), Ok((_, issuer))) = (
+        X509Certificate::from_der(leaf_der),
+        X509Certificate::from_der(ca.cert_der()),
+    ) else {
         return false;
     };
     leaf.issuer() == issuer.subject() && leaf.verify_signature(Some(issuer.public_key())).is_ok()
@@ -183,14 +199,18 @@ pub fn assess(
     let (Some(key), Some(leaf)) = (&existing.key, &existing.leaf_der) else {
         return Verdict::Reissue("Missing");
     };
-    let Some(facts) = CertFacts::of(leaf) else { return Verdict::Reissue("Damaged") };
+    let Some(facts) = CertFacts::of(leaf) else {
+        return Verdict::Reissue("Damaged");
+    };
     if !pki::key_matches_certificate(key, leaf).unwrap_or(false) {
         return Verdict::Reissue("KeyMismatch");
     }
     if !issued_by(leaf, ca) {
         return Verdict::Reissue("CAChanged");
     }
-    if annotations.get(annotations::SPEC_HASH) != Some(&plan.spec_hash) || key.algorithm() != plan.key_algorithm {
+    if annotations.get(annotations::SPEC_HASH) != Some(&plan.spec_hash)
+        || key.algorithm() != plan.key_algorithm
+    {
         return Verdict::Reissue("SpecChanged");
     }
     if renew_requested {
@@ -203,23 +223,35 @@ pub fn assess(
         return Verdict::Reissue("RenewalDue");
     }
 
-    if annotations.get(annotations::PROFILE).map(String::as_str) != Some(plan.keystore_profile.name()) {
+    if annotations.get(annotations::PROFILE).map(String::as_str)
+        != Some(plan.keystore_profile.name())
+    {
         return Verdict::Reencrypt("ProfileChanged");
     }
-    let expected_chain: Vec<Vec<u8>> = std::iter::once(leaf.clone()).chain(ca.chain().iter().cloned()).collect();
-    let keystore_ok = data.get(KEYSTORE).and_then(|b| keystore::read_keystore(&b.0, password).ok()).is_some_and(|store| {
-        store.trusted.is_empty()
-            && store.key_entries.len() == 1
-            && store.key_entries[0].alias == plan.alias
-            && store.key_entries[0].chain == expected_chain
-            && store.key_entries[0].matches_certificate(leaf)
-    });
+    let expected_chain: Vec<Vec<u8>> = std::iter::once(leaf.clone())
+        .chain(ca.chain().iter().cloned())
+        .collect();
+    let keystore_ok = data
+        .get(KEYSTORE)
+        .and_then(|b| keystore::read_keystore(&b.0, password).ok())
+        .is_some_and(|store| {
+            store.trusted.is_empty()
+                && store.key_entries.len() == 1
+                && store.key_entries[0].alias == plan.alias
+                && store.key_entries[0].chain == expected_chain
+                && store.key_entries[0].matches_certificate(leaf)
+        });
     if !keystore_ok {
         return Verdict::Reencrypt("KeystoreStale");
     }
-    let truststore_ok = data.get(TRUSTSTORE).and_then(|b| keystore::read_keystore(&b.0, password).ok()).is_some_and(|store| {
-        store.key_entries.is_empty() && store.trusted.len() == 1 && store.trusted[0].1 == ca.root_der()
-    });
+    let truststore_ok = data
+        .get(TRUSTSTORE)
+        .and_then(|b| keystore::read_keystore(&b.0, password).ok())
+        .is_some_and(|store| {
+            store.key_entries.is_empty()
+                && store.trusted.len() == 1
+                && store.trusted[0].1 == ca.root_der()
+        });
     if !truststore_ok {
         return Verdict::Reencrypt("TruststoreStale");
     }
@@ -246,11 +278,17 @@ pub fn secret_annotations(
     let mut a = BTreeMap::new();
     a.insert(annotations::REQUEST.into(), request.into());
     a.insert(annotations::SERIAL.into(), facts.serial_hex.clone());
-    a.insert(annotations::FINGERPRINT.into(), facts.fingerprint_sha256.clone());
+    a.insert(
+        annotations::FINGERPRINT.into(),
+        facts.fingerprint_sha256.clone(),
+    );
     a.insert(annotations::NOT_BEFORE.into(), facts.not_before.to_string());
     a.insert(annotations::NOT_AFTER.into(), facts.not_after.to_string());
     a.insert(annotations::SPEC_HASH.into(), plan.spec_hash.clone());
-    a.insert(annotations::PROFILE.into(), plan.keystore_profile.name().into());
+    a.insert(
+        annotations::PROFILE.into(),
+        plan.keystore_profile.name().into(),
+    );
     a.insert(annotations::ALIAS.into(), plan.alias.clone());
     a.insert(annotations::CA_FINGERPRINT.into(), ca.fingerprint());
     a.insert(annotations::REVISION.into(), revision.to_string());
@@ -262,5 +300,7 @@ pub fn secret_annotations(
 
 /// Which profile an existing Secret's keystores were written with, per its annotation.
 pub fn profile_of(annotations: &BTreeMap<String, String>) -> Option<Profile> {
-    annotations.get(annotations::PROFILE).and_then(|p| p.parse().ok())
+    annotations
+        .get(annotations::PROFILE)
+        .and_then(|p| p.parse().ok())
 }

@@ -36,5 +36,7 @@ pub enum Command {
 /// Where fatal errors are written for Kubernetes to show as the container's
 /// termination message (`kubectl describe pod`).
 pub fn termination_log_path() -> PathBuf {
-    std::env::var_os("P12_TERMINATION_LOG").map(PathBuf::from).unwrap_or_else(|| "/dev/termination-log".into())
+    std::env::var_os("P12_TERMINATION_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/dev/termination-log".into())
 }

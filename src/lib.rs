@@ -2,15 +2,15 @@
 //! verifies, over real TLS, that workloads serve what was issued.
 
 pub mod api;
-pub mod keystore;
-pub mod pki;
-pub mod sensitive;
-pub mod testenv;
 pub mod bundle;
 pub mod cli;
 pub mod duration;
+pub mod inspect;
+pub mod keystore;
+pub mod pki;
 pub mod plan;
 pub mod probe;
-pub mod inspect;
 pub mod reconciler;
+pub mod sensitive;
 pub mod telemetry;
+pub mod testenv;

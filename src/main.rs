@@ -39,8 +39,11 @@ fn main() {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| {
-        eprintln!("error: failed to start the async runtime: {e}");
-        std::process::exit(1)
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("error: failed to start the async runtime: {e}");
+            std::process::exit(1)
+        })
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{self, CertificateRequest, KeyAlgorithm as ApiAlgorithm, KeystoreProfile, RotationPolicy};
+use crate::api::{
+    self, CertificateRequest, KeyAlgorithm as ApiAlgorithm, KeystoreProfile, RotationPolicy,
+};
 use crate::duration;
 use crate::keystore::Profile;
 use crate::pki::policy::validate_dns_name;
@@ -47,15 +49,24 @@ pub struct PlanError {
 }
 
 fn invalid(message: impl Into<String>) -> PlanError {
-    PlanError { reason: "InvalidRequest", message: message.into() }
+    PlanError {
+        reason: "InvalidRequest",
+        message: message.into(),
+    }
 }
 
 fn forbidden(message: impl Into<String>) -> PlanError {
-    PlanError { reason: "PolicyViolation", message: message.into() }
+    PlanError {
+        reason: "PolicyViolation",
+        message: message.into(),
+    }
 }
 
 /// The key algorithm for an API algorithm and optional size.
-pub fn key_algorithm(algorithm: ApiAlgorithm, size: Option<i32>) -> Result<KeyAlgorithm, PlanError> {
+pub fn key_algorithm(
+    algorithm: ApiAlgorithm,
+    size: Option<i32>,
+) -> Result<KeyAlgorithm, PlanError> {
     Ok(match (algorithm, size) {
         (ApiAlgorithm::Ecdsa, None | Some(256)) => KeyAlgorithm::EcdsaP256,
         (ApiAlgorithm::Ecdsa, Some(384)) => KeyAlgorithm::EcdsaP384,
@@ -93,7 +104,8 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
     let spec = &cr.spec;
     let name = cr.metadata.name.clone().unwrap_or_default();
 
-    let lifetime = duration::parse(&spec.duration).map_err(|e| invalid(format!("duration: {e}")))?;
+    let lifetime =
+        duration::parse(&spec.duration).map_err(|e| invalid(format!("duration: {e}")))?;
     if lifetime < policy.min_duration || lifetime > policy.max_duration {
         return Err(forbidden(format!(
             "duration {} is outside what this installation issues ({} to {})",
@@ -116,9 +128,14 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
         None => None,
     };
 
-    let total = spec.dns_names.len() + spec.ip_addresses.len() + spec.uris.len() + spec.email_addresses.len();
+    let total = spec.dns_names.len()
+        + spec.ip_addresses.len()
+        + spec.uris.len()
+        + spec.email_addresses.len();
     if total == 0 && spec.common_name.is_none() {
-        return Err(invalid("give at least one of commonName, dnsNames, ipAddresses, uris or emailAddresses"));
+        return Err(invalid(
+            "give at least one of commonName, dnsNames, ipAddresses, uris or emailAddresses",
+        ));
     }
     if total > policy.max_sans {
         return Err(forbidden(format!(
@@ -128,33 +145,51 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
     }
     for (i, dns) in spec.dns_names.iter().enumerate() {
         if dns.len() > policy.max_name_len {
-            return Err(invalid(format!("dnsNames[{i}] is longer than {} characters", policy.max_name_len)));
+            return Err(invalid(format!(
+                "dnsNames[{i}] is longer than {} characters",
+                policy.max_name_len
+            )));
         }
         validate_dns_name(dns, policy.allow_wildcard_dns).map_err(|why| {
             let what = format!("dnsNames[{i}] {dns:?} {why}");
-            if why.contains("does not issue") { forbidden(what) } else { invalid(what) }
+            if why.contains("does not issue") {
+                forbidden(what)
+            } else {
+                invalid(what)
+            }
         })?;
     }
     let mut ips = Vec::with_capacity(spec.ip_addresses.len());
     for (i, ip) in spec.ip_addresses.iter().enumerate() {
-        let parsed: IpAddr = ip.parse().map_err(|_| invalid(format!("ipAddresses[{i}] {ip:?} is not an IP address")))?;
+        let parsed: IpAddr = ip
+            .parse()
+            .map_err(|_| invalid(format!("ipAddresses[{i}] {ip:?} is not an IP address")))?;
         ips.push(parsed);
     }
     if !ips.is_empty() && !policy.allow_ip_sans {
-        return Err(forbidden("ipAddresses are not issued by this installation; use dnsNames"));
+        return Err(forbidden(
+            "ipAddresses are not issued by this installation; use dnsNames",
+        ));
     }
     for (i, uri) in spec.uris.iter().enumerate() {
         let scheme_ok = uri.split_once(':').is_some_and(|(s, rest)| {
-            !s.is_empty() && !rest.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            !s.is_empty()
+                && !rest.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         });
         if !scheme_ok || uri.chars().any(char::is_whitespace) {
             return Err(invalid(format!("uris[{i}] {uri:?} is not an absolute URI")));
         }
     }
     for (i, email) in spec.email_addresses.iter().enumerate() {
-        let ok = email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && validate_dns_name(d, false).is_ok());
+        let ok = email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && validate_dns_name(d, false).is_ok());
         if !ok {
-            return Err(invalid(format!("emailAddresses[{i}] {email:?} is not an email address")));
+            return Err(invalid(format!(
+                "emailAddresses[{i}] {email:?} is not an email address"
+            )));
         }
     }
 
@@ -163,14 +198,18 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
     for u in &spec.usages {
         let u = usage(*u);
         if !u.fits_key(key_algorithm) {
-            return Err(invalid(format!("usage {u} does not fit a {key_algorithm} key")));
+            return Err(invalid(format!(
+                "usage {u} does not fit a {key_algorithm} key"
+            )));
         }
         if !usages.contains(&u) {
             usages.push(u);
         }
     }
     if usages.is_empty() {
-        return Err(invalid("usages must name at least one usage, e.g. serverAuth"));
+        return Err(invalid(
+            "usages must name at least one usage, e.g. serverAuth",
+        ));
     }
 
     let s = spec.subject.clone().unwrap_or_default();
@@ -188,7 +227,12 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
         uris: spec.uris.clone(),
         emails: spec.email_addresses.clone(),
     };
-    let leaf = LeafProfile { subject, sans, usages, duration: lifetime };
+    let leaf = LeafProfile {
+        subject,
+        sans,
+        usages,
+        duration: lifetime,
+    };
 
     let spec_hash = {
         let relevant = serde_json::json!({
@@ -212,7 +256,10 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
         },
         alias: spec.keystore.alias.clone().unwrap_or(name),
         password: match &spec.keystore.password_secret_ref {
-            Some(r) => PasswordSource::SecretKey { name: r.name.clone(), key: r.key.clone() },
+            Some(r) => PasswordSource::SecretKey {
+                name: r.name.clone(),
+                key: r.key.clone(),
+            },
             None => PasswordSource::Generated,
         },
         spec_hash,
@@ -220,7 +267,11 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
 }
 
 /// When to renew a certificate valid from `not_before` to `not_after`.
-pub fn renewal_time(plan: &Plan, not_before: jiff::Timestamp, not_after: jiff::Timestamp) -> jiff::Timestamp {
+pub fn renewal_time(
+    plan: &Plan,
+    not_before: jiff::Timestamp,
+    not_after: jiff::Timestamp,
+) -> jiff::Timestamp {
     let lifetime = not_after.duration_since(not_before).unsigned_abs();
     let before = match plan.renew_before {
         Some(d) if d < lifetime => d,
@@ -241,7 +292,11 @@ mod tests {
 
     #[test]
     fn defaults_give_an_ecdsa_p256_modern_keystore_for_90_days() {
-        let p = plan(&request("secretName: web-tls\ndnsNames: [web.shop.svc]\n"), &Policy::default()).unwrap();
+        let p = plan(
+            &request("secretName: web-tls\ndnsNames: [web.shop.svc]\n"),
+            &Policy::default(),
+        )
+        .unwrap();
         assert_eq!(p.key_algorithm, KeyAlgorithm::EcdsaP256);
         assert_eq!(p.keystore_profile, Profile::Modern2023);
         assert_eq!(p.leaf.duration, Duration::from_secs(90 * 24 * 3600));
@@ -252,50 +307,119 @@ mod tests {
 
     #[test]
     fn renewal_defaults_to_a_third_of_the_lifetime_before_expiry() {
-        let p = plan(&request("secretName: s\ndnsNames: [a.b]\nduration: 90h\n"), &Policy::default()).unwrap();
+        let p = plan(
+            &request("secretName: s\ndnsNames: [a.b]\nduration: 90h\n"),
+            &Policy::default(),
+        )
+        .unwrap();
         let nb: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let na = nb + jiff::SignedDuration::from_hours(90);
-        assert_eq!(renewal_time(&p, nb, na), nb + jiff::SignedDuration::from_hours(60));
+        assert_eq!(
+            renewal_time(&p, nb, na),
+            nb + jiff::SignedDuration::from_hours(60)
+        );
     }
 
     #[test]
     fn keystore_settings_do_not_change_the_certificate_hash() {
-        let a = plan(&request("secretName: s\ndnsNames: [a.b]\n"), &Policy::default()).unwrap();
+        let a = plan(
+            &request("secretName: s\ndnsNames: [a.b]\n"),
+            &Policy::default(),
+        )
+        .unwrap();
         let b = plan(&request("secretName: s\ndnsNames: [a.b]\nkeystore: {profile: LegacyDES, alias: x}\nrenewBefore: 100h\n"), &Policy::default()).unwrap();
-        let c = plan(&request("secretName: s\ndnsNames: [a.b, c.d]\n"), &Policy::default()).unwrap();
+        let c = plan(
+            &request("secretName: s\ndnsNames: [a.b, c.d]\n"),
+            &Policy::default(),
+        )
+        .unwrap();
         assert_eq!(a.spec_hash, b.spec_hash);
         assert_ne!(a.spec_hash, c.spec_hash);
     }
 
     #[test]
     fn invalid_dns_names_are_refused_with_their_index() {
-        let err = plan(&request("secretName: s\ndnsNames: [ok.example, 'bad..name']\n"), &Policy::default()).unwrap_err();
+        let err = plan(
+            &request("secretName: s\ndnsNames: [ok.example, 'bad..name']\n"),
+            &Policy::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.reason, "InvalidRequest");
-        assert!(err.message.starts_with("dnsNames[1] \"bad..name\""), "{}", err.message);
+        assert!(
+            err.message.starts_with("dnsNames[1] \"bad..name\""),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn wildcards_and_ips_follow_the_policy() {
-        let strict = Policy { allow_wildcard_dns: false, allow_ip_sans: false, ..Policy::default() };
-        let err = plan(&request("secretName: s\ndnsNames: ['*.shop.svc']\n"), &strict).unwrap_err();
+        let strict = Policy {
+            allow_wildcard_dns: false,
+            allow_ip_sans: false,
+            ..Policy::default()
+        };
+        let err = plan(
+            &request("secretName: s\ndnsNames: ['*.shop.svc']\n"),
+            &strict,
+        )
+        .unwrap_err();
         assert_eq!(err.reason, "PolicyViolation");
-        let err = plan(&request("secretName: s\nipAddresses: [10.0.0.1]\n"), &strict).unwrap_err();
+        let err = plan(
+            &request("secretName: s\nipAddresses: [10.0.0.1]\n"),
+            &strict,
+        )
+        .unwrap_err();
         assert_eq!(err.reason, "PolicyViolation");
-        assert!(plan(&request("secretName: s\ndnsNames: ['*.shop.svc']\nipAddresses: [10.0.0.1]\n"), &Policy::default()).is_ok());
+        assert!(
+            plan(
+                &request("secretName: s\ndnsNames: ['*.shop.svc']\nipAddresses: [10.0.0.1]\n"),
+                &Policy::default()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn durations_outside_policy_are_refused_naming_the_bounds() {
-        let err = plan(&request("secretName: s\ndnsNames: [a.b]\nduration: 10m\n"), &Policy::default()).unwrap_err();
+        let err = plan(
+            &request("secretName: s\ndnsNames: [a.b]\nduration: 10m\n"),
+            &Policy::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.reason, "PolicyViolation");
-        assert!(err.message.contains("10m") && err.message.contains("1h"), "{}", err.message);
+        assert!(
+            err.message.contains("10m") && err.message.contains("1h"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn key_sizes_that_do_not_fit_the_algorithm_are_refused() {
-        assert!(plan(&request("secretName: s\ndnsNames: [a.b]\nprivateKey: {algorithm: RSA, size: 256}\n"), &Policy::default()).is_err());
-        assert!(plan(&request("secretName: s\ndnsNames: [a.b]\nprivateKey: {algorithm: Ed25519, size: 256}\n"), &Policy::default()).is_err());
-        let p = plan(&request("secretName: s\ndnsNames: [a.b]\nprivateKey: {algorithm: RSA, size: 3072}\n"), &Policy::default()).unwrap();
+        assert!(
+            plan(
+                &request(
+                    "secretName: s\ndnsNames: [a.b]\nprivateKey: {algorithm: RSA, size: 256}\n"
+                ),
+                &Policy::default()
+            )
+            .is_err()
+        );
+        assert!(
+            plan(
+                &request(
+                    "secretName: s\ndnsNames: [a.b]\nprivateKey: {algorithm: Ed25519, size: 256}\n"
+                ),
+                &Policy::default()
+            )
+            .is_err()
+        );
+        let p = plan(
+            &request("secretName: s\ndnsNames: [a.b]\nprivateKey: {algorithm: RSA, size: 3072}\n"),
+            &Policy::default(),
+        )
+        .unwrap();
         assert_eq!(p.key_algorithm, KeyAlgorithm::Rsa3072);
     }
 }

@@ -20,20 +20,78 @@ const WAIT: Duration = Duration::from_secs(60);
 fn company_pki(dir: &std::path::Path) -> (String, String, String) {
     std::fs::create_dir_all(dir).unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     std::fs::write(dir.join("ext.cnf"), "[v3_int]\nbasicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n").unwrap();
-    run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "root.key", "-out", "root.pem", "-days", "30", "-subj", "/CN=Company Root"]);
-    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "int.key", "-out", "int.csr", "-subj", "/CN=Company Kubernetes Intermediate"]);
-    run(&["x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial", "-out", "int.pem", "-days", "20", "-extfile", "ext.cnf", "-extensions", "v3_int"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "root.key",
+        "-out",
+        "root.pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Company Root",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "int.key",
+        "-out",
+        "int.csr",
+        "-subj",
+        "/CN=Company Kubernetes Intermediate",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "int.csr",
+        "-CA",
+        "root.pem",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-out",
+        "int.pem",
+        "-days",
+        "20",
+        "-extfile",
+        "ext.cnf",
+        "-extensions",
+        "v3_int",
+    ]);
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     (read("root.pem"), read("int.pem"), read("int.key"))
 }
 
 fn tls_secret(name: &str, crt: &str, key: &str) -> Secret {
     Secret {
-        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
             ("tls.crt".to_string(), ByteString(crt.as_bytes().to_vec())),
@@ -47,24 +105,47 @@ fn tls_secret(name: &str, crt: &str, key: &str) -> Secret {
 async fn operator_with_ca(client: &Client, label: &str, ca: Option<Secret>) -> (Operator, String) {
     let system = format!("p12-system-{label}");
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(system.clone()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(system.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     if let Some(ca) = ca {
-        Api::<Secret>::namespaced(client.clone(), &system).create(&PostParams::default(), &ca).await.unwrap();
+        Api::<Secret>::namespaced(client.clone(), &system)
+            .create(&PostParams::default(), &ca)
+            .await
+            .unwrap();
     }
     let watched = cluster().namespace(client, label).await.unwrap();
     let op = Operator::start(label, &["--watch-namespace", &watched]);
     (op, watched)
 }
 
-async fn condition(client: &Client, ns: &str, name: &str, status: &str, reason: &str) -> CertificateRequest {
+async fn condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> CertificateRequest {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
     eventually(WAIT, &format!("{name} Ready={status} ({reason})"), || {
         let api = api.clone();
         async move {
             let cr = api.get(name).await.ok()?;
-            let c = cr.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+            let c = cr
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?;
             (c.status == status && c.reason == reason).then_some(cr.clone())
         }
     })
@@ -72,8 +153,17 @@ async fn condition(client: &Client, ns: &str, name: &str, status: &str, reason: 
 }
 
 fn apply_request(ns: &str, name: &str) {
-    let out = kubectl_apply(&format!("apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {{name: {name}}}\nspec: {{secretName: {name}-tls, dnsNames: [{name}.example]}}\n"), ns);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_apply(
+        &format!(
+            "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {{name: {name}}}\nspec: {{secretName: {name}-tls, dnsNames: [{name}.example]}}\n"
+        ),
+        ns,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -86,51 +176,122 @@ async fn a_supplied_intermediate_ca_puts_the_whole_chain_into_every_bundle() {
     apply_request(&ns, "web");
     condition(&client, &ns, "web", "True", "Issued").await;
 
-    let s = Api::<Secret>::namespaced(client.clone(), &ns).get("web-tls").await.unwrap();
+    let s = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("web-tls")
+        .await
+        .unwrap();
     let data = s.data.clone().unwrap();
     let get = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
-    assert_eq!(get("ca.crt").trim(), root.trim(), "ca.crt is the root clients should trust");
+    assert_eq!(
+        get("ca.crt").trim(),
+        root.trim(),
+        "ca.crt is the root clients should trust"
+    );
     let tls = get("tls.crt");
-    assert_eq!(tls.matches("BEGIN CERTIFICATE").count(), 2, "tls.crt holds the leaf and the intermediate");
+    assert_eq!(
+        tls.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "tls.crt holds the leaf and the intermediate"
+    );
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).unwrap();
     for (k, v) in &data {
         std::fs::write(bundle.join(k), &v.0).unwrap();
     }
     let p = |f: &str| bundle.join(f).display().to_string();
-    let out = Command::new("openssl").args(["verify", "-CAfile", &p("ca.crt"), "-untrusted", &p("tls.crt"), &p("tls.crt")]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            &p("ca.crt"),
+            "-untrusted",
+            &p("tls.crt"),
+            &p("tls.crt"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let password = get("keystore-password");
-    let kt = run_with_password("keytool", &["-list", "-v", "-storetype", "PKCS12", "-keystore", &p("keystore.p12"), "-storepass:env", "P12_PASS"], &password);
-    assert!(String::from_utf8_lossy(&kt.stdout).contains("Certificate chain length: 3"), "keystore holds leaf, intermediate and root");
+    let kt = run_with_password(
+        "keytool",
+        &[
+            "-list",
+            "-v",
+            "-storetype",
+            "PKCS12",
+            "-keystore",
+            &p("keystore.p12"),
+            "-storepass:env",
+            "P12_PASS",
+        ],
+        &password,
+    );
+    assert!(
+        String::from_utf8_lossy(&kt.stdout).contains("Certificate chain length: 3"),
+        "keystore holds leaf, intermediate and root"
+    );
 }
 
 #[tokio::test]
 async fn an_unusable_ca_stops_issuance_is_never_overwritten_and_a_fixed_ca_resumes_it() {
     let client = cluster().client().await.unwrap();
-    let broken = tls_secret("p12-operator-ca", "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n", "garbage");
+    let broken = tls_secret(
+        "p12-operator-ca",
+        "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n",
+        "garbage",
+    );
     let (op, ns) = operator_with_ca(&client, "broken", Some(broken)).await;
     apply_request(&ns, "web");
     let cr = condition(&client, &ns, "web", "False", "CAInvalid").await;
-    let msg = cr.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
-    assert!(msg.contains("p12-system-broken/p12-operator-ca"), "the message names the CA Secret: {msg}");
-    assert!(Api::<Secret>::namespaced(client.clone(), &ns).get_opt("web-tls").await.unwrap().is_none());
+    let msg = cr
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("p12-system-broken/p12-operator-ca"),
+        "the message names the CA Secret: {msg}"
+    );
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("web-tls")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let cas: Api<Secret> = Api::namespaced(client.clone(), &op.namespace);
     let before = cas.get("p12-operator-ca").await.unwrap();
-    assert_eq!(before.data.as_ref().unwrap()["tls.key"].0, b"garbage", "the broken CA Secret is left as it was");
+    assert_eq!(
+        before.data.as_ref().unwrap()["tls.key"].0,
+        b"garbage",
+        "the broken CA Secret is left as it was"
+    );
 
     // A key that does not match the certificate is refused too.
     let (root, _int, int_key) = company_pki(&cluster().work_dir.join("mismatch-pki"));
     let mut mismatched = before.clone();
     mismatched.metadata.managed_fields = None;
     mismatched.data = tls_secret("x", &root, &int_key).data;
-    cas.replace("p12-operator-ca", &PostParams::default(), &mismatched).await.unwrap();
+    cas.replace("p12-operator-ca", &PostParams::default(), &mismatched)
+        .await
+        .unwrap();
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), &ns);
     eventually(WAIT, "the CA problem to be a key mismatch", || {
         let api = api.clone();
         async move {
             let cr = api.get("web").await.ok()?;
-            let c = cr.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+            let c = cr
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
             (c.reason == "CAInvalid" && c.message.contains("does not match")).then_some(())
         }
     })
@@ -143,7 +304,9 @@ async fn an_unusable_ca_stops_issuance_is_never_overwritten_and_a_fixed_ca_resum
     let mut fixed = cas.get("p12-operator-ca").await.unwrap();
     fixed.metadata.managed_fields = None;
     fixed.data = tls_secret("x", &root, &root_key).data;
-    cas.replace("p12-operator-ca", &PostParams::default(), &fixed).await.unwrap();
+    cas.replace("p12-operator-ca", &PostParams::default(), &fixed)
+        .await
+        .unwrap();
     let cr = condition(&client, &ns, "web", "True", "Issued").await;
     let serial = cr.status.unwrap().serial_number;
 
@@ -154,15 +317,27 @@ async fn an_unusable_ca_stops_issuance_is_never_overwritten_and_a_fixed_ca_resum
     let mut rotated = cas.get("p12-operator-ca").await.unwrap();
     rotated.metadata.managed_fields = None;
     rotated.data = tls_secret("x", &root2, &root2_key).data;
-    cas.replace("p12-operator-ca", &PostParams::default(), &rotated).await.unwrap();
+    cas.replace("p12-operator-ca", &PostParams::default(), &rotated)
+        .await
+        .unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let s = eventually(WAIT, "re-issuance under the new CA", || {
         let secrets = secrets.clone();
         let root2 = root2.clone();
-        async move { secrets.get("web-tls").await.ok().filter(|s| s.data.as_ref().unwrap()["ca.crt"].0 == root2.as_bytes()) }
+        async move {
+            secrets
+                .get("web-tls")
+                .await
+                .ok()
+                .filter(|s| s.data.as_ref().unwrap()["ca.crt"].0 == root2.as_bytes())
+        }
     })
     .await;
-    assert_ne!(s.annotations().get("p12-operator.io/serial"), serial.as_ref(), "a new certificate under the new CA");
+    assert_ne!(
+        s.annotations().get("p12-operator.io/serial"),
+        serial.as_ref(),
+        "a new certificate under the new CA"
+    );
 }
 
 #[tokio::test]
@@ -171,18 +346,43 @@ async fn a_missing_ca_is_created_as_a_self_signed_root_once() {
     let (op, ns) = operator_with_ca(&client, "fresh", None).await;
     apply_request(&ns, "web");
     condition(&client, &ns, "web", "True", "Issued").await;
-    let ca = Api::<Secret>::namespaced(client.clone(), &op.namespace).get("p12-operator-ca").await.unwrap();
-    assert_eq!(ca.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("p12-operator"));
+    let ca = Api::<Secret>::namespaced(client.clone(), &op.namespace)
+        .get("p12-operator-ca")
+        .await
+        .unwrap();
+    assert_eq!(
+        ca.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("p12-operator")
+    );
     let crt = String::from_utf8(ca.data.as_ref().unwrap()["tls.crt"].0.clone()).unwrap();
     let dir = cluster().work_dir.join("fresh-ca");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ca.pem"), &crt).unwrap();
-    let out = Command::new("openssl").args(["x509", "-in", &dir.join("ca.pem").display().to_string(), "-noout", "-ext", "basicConstraints"]).output().unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-in",
+            &dir.join("ca.pem").display().to_string(),
+            "-noout",
+            "-ext",
+            "basicConstraints",
+        ])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("CA:TRUE"));
     // A restart finds and keeps it.
     op.stop();
     let op2 = Operator::start("fresh", &["--watch-namespace", &ns]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let again = Api::<Secret>::namespaced(client.clone(), &op2.namespace).get("p12-operator-ca").await.unwrap();
-    assert_eq!(again.resource_version(), ca.resource_version(), "the CA is created once and then reused");
+    let again = Api::<Secret>::namespaced(client.clone(), &op2.namespace)
+        .get("p12-operator-ca")
+        .await
+        .unwrap();
+    assert_eq!(
+        again.resource_version(),
+        ca.resource_version(),
+        "the CA is created once and then reused"
+    );
 }

@@ -2,7 +2,10 @@
 
 #[test]
 fn committed_crd_matches_the_rust_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/p12-operator.io_certificaterequests.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/p12-operator.io_certificaterequests.yaml"
+    );
     let committed = std::fs::read_to_string(path).unwrap();
     let generated = p12_operator::api::crd_yaml().unwrap();
     assert!(

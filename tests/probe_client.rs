@@ -75,6 +75,15 @@ fn issue(ca: &CertificateAuthority, dns: &str) -> Leaf {
 /// A TLS server on 127.0.0.1 presenting `leaf` followed by its CA; it completes
 /// handshakes and then waits for the client to close.
 async fn serve(leaf: &Leaf, ca: &CertificateAuthority) -> SocketAddr {
+    serve_versions(leaf, ca, rustls::DEFAULT_VERSIONS).await
+}
+
+/// Like [`serve`], speaking only the given TLS versions.
+async fn serve_versions(
+    leaf: &Leaf,
+    ca: &CertificateAuthority,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> SocketAddr {
     let chain = vec![
         CertificateDer::from(leaf.der.clone()),
         CertificateDer::from(ca.cert_der().to_vec()),
@@ -85,7 +94,7 @@ async fn serve(leaf: &Leaf, ca: &CertificateAuthority) -> SocketAddr {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_no_client_auth()
     .with_single_cert(chain, key)
@@ -244,6 +253,35 @@ async fn the_issued_certificate_is_verified_and_matches() {
         run.termination_log,
         run.stdout.trim_end(),
         "the termination log holds the same JSON"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_only_server_is_verified_and_reported_as_tls12() {
+    let ca = ca();
+    let leaf = issue(&ca, NAME);
+    let address = serve_versions(&leaf, &ca, &[&rustls::version::TLS12]).await;
+    let run = probe(
+        &ca.root_pem(),
+        &[
+            "--endpoint",
+            &address.to_string(),
+            "--expect-fingerprint",
+            &leaf.fingerprint(),
+        ],
+    )
+    .await;
+
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let endpoint = run.endpoint(0);
+    assert_eq!(endpoint["reason"], "Verified");
+    assert_eq!(endpoint["tlsVersion"], "TLSv1.2");
+    assert!(
+        endpoint["cipherSuite"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLS_ECDHE_ECDSA_WITH_"),
+        "{endpoint}"
     );
 }
 

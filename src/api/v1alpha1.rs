@@ -20,11 +20,35 @@ use std::collections::BTreeMap;
     category = "p12",
     status = "CertificateRequestStatus",
     doc = "A request for a certificate signed by the cluster CA, delivered as a PKCS#12 keystore, a truststore and PEM files in a Secret, and renewed before it expires. See spec for the fields and status for what the operator did.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the Secret holds a valid certificate for the current spec"),
-    printcolumn(name = "Verified", type_ = "string", json_path = ".status.conditions[?(@.type==\"Verified\")].status", description = "Whether every endpoint of the probed Service serves the issued certificate"),
-    printcolumn(name = "Secret", type_ = "string", json_path = ".spec.secretName", description = "The Secret holding the keystore"),
-    printcolumn(name = "Not After", type_ = "date", json_path = ".status.notAfter", description = "When the current certificate expires"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the Secret holds a valid certificate for the current spec"
+    ),
+    printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Verified\")].status",
+        description = "Whether every endpoint of the probed Service serves the issued certificate"
+    ),
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".spec.secretName",
+        description = "The Secret holding the keystore"
+    ),
+    printcolumn(
+        name = "Not After",
+        type_ = "date",
+        json_path = ".status.notAfter",
+        description = "When the current certificate expires"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.commonName) || size(self.dnsNames) + size(self.ipAddresses) + size(self.uris) + size(self.emailAddresses) > 0").message("give at least one of commonName, dnsNames, ipAddresses, uris or emailAddresses"))]
@@ -34,7 +58,10 @@ pub struct CertificateRequestSpec {
     /// Name of the Secret, in this namespace, that receives the keystore. The
     /// operator creates and owns it; it never writes into a Secret created by
     /// someone else, and deleting this request deletes the Secret.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: String,
 
     /// Common name (CN) of the certificate subject, at most 64 characters.
@@ -67,7 +94,10 @@ pub struct CertificateRequestSpec {
 
     /// Email addresses the certificate names.
     #[serde(default)]
-    #[schemars(length(max = 100), inner(length(min = 3, max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+$")))]
+    #[schemars(
+        length(max = 100),
+        inner(length(min = 3, max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+$"))
+    )]
     pub email_addresses: Vec<String>,
 
     /// What the certificate may be used for. TLS servers need `serverAuth`,
@@ -80,13 +110,19 @@ pub struct CertificateRequestSpec {
     /// Requested lifetime, as a duration like `2160h` (90 days, the default).
     /// The operator's policy bounds it, and it never outlives the CA.
     #[serde(default = "default_duration")]
-    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
     pub duration: String,
 
     /// How long before expiry the certificate is renewed, e.g. `720h`. Default:
     /// a third of the lifetime. Must be shorter than `duration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
     pub renew_before: Option<String>,
 
     /// The key pair.
@@ -190,7 +226,11 @@ pub struct PrivateKeySpec {
 
 impl Default for PrivateKeySpec {
     fn default() -> Self {
-        Self { algorithm: KeyAlgorithm::default(), size: None, rotation_policy: RotationPolicy::default() }
+        Self {
+            algorithm: KeyAlgorithm::default(),
+            size: None,
+            rotation_policy: RotationPolicy::default(),
+        }
     }
 }
 
@@ -236,7 +276,10 @@ pub struct KeystoreSpec {
     /// Alias (friendly name) of the key entry in `keystore.p12`. Default: the
     /// name of this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
     pub alias: Option<String>,
 }
 
@@ -245,7 +288,10 @@ pub struct KeystoreSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret (same namespace as the request).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key within the Secret's data.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
@@ -285,11 +331,17 @@ pub struct ProbeSpec {
     pub service: ProbeService,
     /// Time between probes, e.g. `10m` (default). At least `30s`.
     #[serde(default = "default_probe_interval")]
-    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
     pub interval: String,
     /// Deadline of one handshake, e.g. `10s` (default).
     #[serde(default = "default_probe_timeout")]
-    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
     pub timeout: String,
 }
 
@@ -306,7 +358,10 @@ fn default_probe_timeout() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ProbeService {
     /// Name of the Service.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Port number of the Service.
     #[schemars(range(min = 1, max = 65535))]

@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use p12_operator::testenv::{TestCluster, process};
 
 #[derive(Parser)]
-#[command(name = "p12-dev", about = "Local control plane and demo for p12-operator development")]
+#[command(
+    name = "p12-dev",
+    about = "Local control plane and demo for p12-operator development"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -50,7 +53,10 @@ fn operator_binary() -> Result<PathBuf, String> {
     if bin.exists() {
         Ok(bin)
     } else {
-        Err(format!("{} is missing; run `cargo build --bins` first", bin.display()))
+        Err(format!(
+            "{} is missing; run `cargo build --bins` first",
+            bin.display()
+        ))
     }
 }
 
@@ -70,12 +76,20 @@ fn show(cluster: &TestCluster, program: &str, args: &[&str]) -> Result<String, S
         }
         other => Command::new(other),
     };
-    let out = cmd.args(args).current_dir(repo()).output().map_err(|e| format!("failed to run {program}: {e}"))?;
+    let out = cmd
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .map_err(|e| format!("failed to run {program}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{text}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
-        return Err(format!("`{program} {}` failed ({})", args.join(" "), out.status));
+        return Err(format!(
+            "`{program} {}` failed ({})",
+            args.join(" "),
+            out.status
+        ));
     }
     Ok(text)
 }
@@ -85,10 +99,33 @@ fn start(label: &str) -> Result<TestCluster, String> {
     let began = Instant::now();
     let cluster = TestCluster::start(label).map_err(|e| e.to_string())?;
     let cp = cluster.control_plane();
-    println!("ready in {:.1}s at {} (work folder {})", began.elapsed().as_secs_f64(), cp.server, cp.dir.display());
+    println!(
+        "ready in {:.1}s at {} (work folder {})",
+        began.elapsed().as_secs_f64(),
+        cp.server,
+        cp.dir.display()
+    );
     cluster.start_pod_runner(&operator_binary()?);
-    show(&cluster, "kubectl", &["apply", "--server-side", "-f", "crds/p12-operator.io_certificaterequests.yaml"])?;
-    show(&cluster, "kubectl", &["wait", "--for=condition=Established", "--timeout=30s", "crd/certificaterequests.p12-operator.io"])?;
+    show(
+        &cluster,
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            "crds/p12-operator.io_certificaterequests.yaml",
+        ],
+    )?;
+    show(
+        &cluster,
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/certificaterequests.p12-operator.io",
+        ],
+    )?;
     Ok(cluster)
 }
 
@@ -97,31 +134,79 @@ fn demo(keep: bool) -> Result<(), String> {
     let cp = cluster.control_plane();
 
     step("Running the operator (p12-operator run)");
-    show(&cluster, "kubectl", &["create", "namespace", "p12-operator"])?;
+    show(
+        &cluster,
+        "kubectl",
+        &["create", "namespace", "p12-operator"],
+    )?;
     let log = cp.dir.join("operator.log");
     let mut cmd = Command::new(operator_binary()?);
     cmd.args(["run", "--namespace", "p12-operator"])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-        .stderr(std::fs::File::options().append(true).open(&log).map_err(|e| e.to_string())?);
-    let mut operator = process::spawn_tied(cmd).map_err(|e| format!("failed to start the operator: {e}"))?;
+        .stderr(
+            std::fs::File::options()
+                .append(true)
+                .open(&log)
+                .map_err(|e| e.to_string())?,
+        );
+    let mut operator =
+        process::spawn_tied(cmd).map_err(|e| format!("failed to start the operator: {e}"))?;
     println!("operator log: {}", log.display());
 
     step("Applying the examples");
-    show(&cluster, "kubectl", &["apply", "-f", "examples/namespace.yaml"])?;
+    show(
+        &cluster,
+        "kubectl",
+        &["apply", "-f", "examples/namespace.yaml"],
+    )?;
     show(&cluster, "kubectl", &["apply", "-f", "examples/"])?;
     let began = Instant::now();
-    show(&cluster, "kubectl", &["wait", "-n", "shop", "--for=condition=Ready", "p12cr", "--all", "--timeout=90s"])?;
-    println!("all requests Ready {:.1}s after applying", began.elapsed().as_secs_f64());
+    show(
+        &cluster,
+        "kubectl",
+        &[
+            "wait",
+            "-n",
+            "shop",
+            "--for=condition=Ready",
+            "p12cr",
+            "--all",
+            "--timeout=90s",
+        ],
+    )?;
+    println!(
+        "all requests Ready {:.1}s after applying",
+        began.elapsed().as_secs_f64()
+    );
 
     step("What the operator made");
     show(&cluster, "kubectl", &["get", "p12cr", "-n", "shop"])?;
-    show(&cluster, "kubectl", &["get", "secrets", "-n", "shop", "-l", "app.kubernetes.io/managed-by=p12-operator"])?;
-    show(&cluster, "kubectl", &["describe", "secret", "web-tls", "-n", "shop"])?;
+    show(
+        &cluster,
+        "kubectl",
+        &[
+            "get",
+            "secrets",
+            "-n",
+            "shop",
+            "-l",
+            "app.kubernetes.io/managed-by=p12-operator",
+        ],
+    )?;
+    show(
+        &cluster,
+        "kubectl",
+        &["describe", "secret", "web-tls", "-n", "shop"],
+    )?;
     if has_subcommand("inspect") {
         step("Inspecting the bundle (never prints the key)");
-        show(&cluster, "p12-operator", &["inspect", "--secret", "web-tls", "--namespace", "shop"])?;
+        show(
+            &cluster,
+            "p12-operator",
+            &["inspect", "--secret", "web-tls", "--namespace", "shop"],
+        )?;
     }
     step("Reading keystore.p12 with OpenSSL and Java keytool");
     let secret_dir = cp.dir.join("demo-bundle");
@@ -129,22 +214,56 @@ fn demo(keep: bool) -> Result<(), String> {
     for key in ["keystore.p12", "keystore-password", "ca.crt", "tls.crt"] {
         let out = cp
             .kubectl()
-            .args(["get", "secret", "web-tls", "-n", "shop", "-o", &format!("jsonpath={{.data.{}}}", key.replace('.', "\\."))])
+            .args([
+                "get",
+                "secret",
+                "web-tls",
+                "-n",
+                "shop",
+                "-o",
+                &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+            ])
             .output()
             .map_err(|e| e.to_string())?;
         use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(out.stdout.trim_ascii()).map_err(|e| e.to_string())?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(out.stdout.trim_ascii())
+            .map_err(|e| e.to_string())?;
         std::fs::write(secret_dir.join(key), bytes).map_err(|e| e.to_string())?;
     }
     let ks = secret_dir.join("keystore.p12").display().to_string();
     let pw = format!("file:{}", secret_dir.join("keystore-password").display());
-    show(&cluster, "openssl", &["pkcs12", "-in", &ks, "-passin", &pw, "-info", "-nokeys", "-noout"])?;
-    show(&cluster, "openssl", &["verify", "-CAfile", &secret_dir.join("ca.crt").display().to_string(), &secret_dir.join("tls.crt").display().to_string()])?;
+    show(
+        &cluster,
+        "openssl",
+        &[
+            "pkcs12", "-in", &ks, "-passin", &pw, "-info", "-nokeys", "-noout",
+        ],
+    )?;
+    show(
+        &cluster,
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            &secret_dir.join("ca.crt").display().to_string(),
+            &secret_dir.join("tls.crt").display().to_string(),
+        ],
+    )?;
     if which("keytool") {
-        let pw_text = std::fs::read_to_string(secret_dir.join("keystore-password")).map_err(|e| e.to_string())?;
+        let pw_text = std::fs::read_to_string(secret_dir.join("keystore-password"))
+            .map_err(|e| e.to_string())?;
         println!("$ keytool -list -storetype PKCS12 -keystore {ks} -storepass:env P12_PASS");
         let out = Command::new("keytool")
-            .args(["-list", "-storetype", "PKCS12", "-keystore", &ks, "-storepass:env", "P12_PASS"])
+            .args([
+                "-list",
+                "-storetype",
+                "PKCS12",
+                "-keystore",
+                &ks,
+                "-storepass:env",
+                "P12_PASS",
+            ])
             .env("P12_PASS", pw_text)
             .output()
             .map_err(|e| e.to_string())?;
@@ -153,7 +272,11 @@ fn demo(keep: bool) -> Result<(), String> {
 
     step("Done");
     if keep {
-        println!("The cluster keeps running until Ctrl-C. In another shell:\n  export KUBECONFIG={}\n  {}/kubectl get p12cr -A", cluster.kubeconfig.display(), cp.bin.display());
+        println!(
+            "The cluster keeps running until Ctrl-C. In another shell:\n  export KUBECONFIG={}\n  {}/kubectl get p12cr -A",
+            cluster.kubeconfig.display(),
+            cp.bin.display()
+        );
         wait_forever(&mut operator);
     }
     process::stop(&mut operator, Duration::from_secs(10));
@@ -190,5 +313,7 @@ fn has_subcommand(name: &str) -> bool {
 }
 
 fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|p| Path::new(&p).join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|p| Path::new(&p).join(program).is_file())
+    })
 }

@@ -220,17 +220,15 @@ impl Prober {
         }
         match outcome {
             Err(_) => {
-                let phase = if observation.verdict.is_some() {
-                    "completed"
+                let what = if observation.verdict.is_some() {
+                    "the server presented a certificate but did not complete the TLS handshake"
                 } else {
-                    "answered"
+                    "the server accepted the TCP connection but did not answer the TLS handshake"
                 };
+                let within = go_duration(settings.handshake_timeout);
                 observation.failure = Some(Finding::new(
                     Reason::Timeout,
-                    format!(
-                        "the server accepted the TCP connection but no handshake {phase} within {}",
-                        go_duration(settings.handshake_timeout)
-                    ),
+                    format!("{what} within {within}"),
                 ));
             }
             Ok(Err(error)) => observation.failure = Some(classify_handshake_error(&error)),

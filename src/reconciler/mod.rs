@@ -19,11 +19,11 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -31,10 +31,10 @@ use tracing::Instrument;
 
 use crate::api::{CertificateRequest, CertificateRequestStatus, RotationPolicy};
 use crate::bundle::{self, Existing, Material, Verdict, annotations as ann};
+use crate::duration;
 use crate::pki::{self, CertificateAuthority, KeyAlgorithm, Policy, PrivateKey};
 use crate::plan::{self, PasswordSource, Plan};
 use crate::sensitive::SecretString;
-use crate::duration;
 use ca::{CaProblem, CaSettings};
 
 /// Flags of `p12-operator run`.
@@ -86,7 +86,11 @@ fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
         "RSA-3072" => KeyAlgorithm::Rsa3072,
         "RSA-4096" => KeyAlgorithm::Rsa4096,
         "ED25519" => KeyAlgorithm::Ed25519,
-        _ => return Err(format!("unknown algorithm {s:?}; use ECDSA-P256, ECDSA-P384, RSA-2048, RSA-3072, RSA-4096 or Ed25519")),
+        _ => {
+            return Err(format!(
+                "unknown algorithm {s:?}; use ECDSA-P256, ECDSA-P384, RSA-2048, RSA-3072, RSA-4096 or Ed25519"
+            ));
+        }
     })
 }
 
@@ -152,7 +156,10 @@ pub struct Context {
 const MANAGER: &str = bundle::MANAGED_BY;
 
 fn post_params() -> PostParams {
-    PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }
+    PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    }
 }
 
 impl Context {
@@ -164,14 +171,19 @@ impl Context {
         let ns = cr.namespace().unwrap_or_default();
         let oref = ObjectRef::from_obj(cr);
         let mut refs = self.refs.lock().unwrap();
-        refs.entry((ns.clone(), cr.spec.secret_name.clone())).or_default().insert(oref.clone());
+        refs.entry((ns.clone(), cr.spec.secret_name.clone()))
+            .or_default()
+            .insert(oref.clone());
         if let Some(r) = &cr.spec.keystore.password_secret_ref {
             refs.entry((ns, r.name.clone())).or_default().insert(oref);
         }
     }
 
     /// Requests to reconcile when a Secret changes.
-    fn requests_for(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<CertificateRequest>> {
+    fn requests_for(
+        &self,
+        secret: &PartialObjectMeta<Secret>,
+    ) -> Vec<ObjectRef<CertificateRequest>> {
         let ns = secret.namespace().unwrap_or_default();
         let mut out: Vec<_> = self
             .refs
@@ -193,14 +205,21 @@ impl Context {
         let mut secrets = self.secrets.lock().unwrap();
         let mut upsert = |s: &PartialObjectMeta<Secret>| {
             let key = (s.namespace().unwrap_or_default(), s.name_any());
-            let managed = s.labels().get(bundle::MANAGED_BY_LABEL).map(String::as_str) == Some(bundle::MANAGED_BY);
+            let managed = s.labels().get(bundle::MANAGED_BY_LABEL).map(String::as_str)
+                == Some(bundle::MANAGED_BY);
             if managed {
                 let controller_uid = s
                     .owner_references()
                     .iter()
                     .find(|o| o.controller == Some(true))
                     .map(|o| o.uid.clone());
-                secrets.insert(key, ManagedSecret { resource_version: s.resource_version().unwrap_or_default(), controller_uid });
+                secrets.insert(
+                    key,
+                    ManagedSecret {
+                        resource_version: s.resource_version().unwrap_or_default(),
+                        controller_uid,
+                    },
+                );
             } else {
                 secrets.remove(&key);
             }
@@ -215,7 +234,12 @@ impl Context {
     }
 
     fn failures(&self, oref: &ObjectRef<CertificateRequest>) -> u32 {
-        self.failures.lock().unwrap().get(oref).copied().unwrap_or(0)
+        self.failures
+            .lock()
+            .unwrap()
+            .get(oref)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -242,7 +266,11 @@ struct Refusal {
 }
 
 fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal { reason, message: message.into(), retry: true }
+    Refusal {
+        reason,
+        message: message.into(),
+        retry: true,
+    }
 }
 
 fn password_digest(p: &SecretString) -> String {
@@ -250,26 +278,47 @@ fn password_digest(p: &SecretString) -> String {
 }
 
 /// Reads the password a request names. Never echoes its value.
-async fn referenced_password(client: &Client, ns: &str, name: &str, key: &str) -> Result<Result<SecretString, Refusal>, Error> {
+async fn referenced_password(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+) -> Result<Result<SecretString, Refusal>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let Some(secret) = api.get_opt(name).await? else {
         return Ok(Err(refuse(
             "PasswordSecretNotFound",
-            format!("keystore.passwordSecretRef names Secret {name}, which does not exist in namespace {ns}; create it or fix the reference"),
+            format!(
+                "keystore.passwordSecretRef names Secret {name}, which does not exist in namespace {ns}; create it or fix the reference"
+            ),
         )));
     };
     let Some(value) = secret.data.unwrap_or_default().remove(key) else {
-        return Ok(Err(refuse("PasswordKeyNotFound", format!("Secret {name} has no key {key:?}; add it or fix keystore.passwordSecretRef.key"))));
+        return Ok(Err(refuse(
+            "PasswordKeyNotFound",
+            format!(
+                "Secret {name} has no key {key:?}; add it or fix keystore.passwordSecretRef.key"
+            ),
+        )));
     };
     if value.0.is_empty() {
-        return Ok(Err(refuse("PasswordEmpty", format!("key {key:?} of Secret {name} is empty; PKCS#12 keystores need a password"))));
+        return Ok(Err(refuse(
+            "PasswordEmpty",
+            format!("key {key:?} of Secret {name} is empty; PKCS#12 keystores need a password"),
+        )));
     }
     if value.0.len() > 1024 {
-        return Ok(Err(refuse("PasswordInvalid", format!("key {key:?} of Secret {name} is longer than 1024 bytes"))));
+        return Ok(Err(refuse(
+            "PasswordInvalid",
+            format!("key {key:?} of Secret {name} is longer than 1024 bytes"),
+        )));
     }
     match String::from_utf8(value.0) {
         Ok(text) => Ok(Ok(SecretString::from(text))),
-        Err(_) => Ok(Err(refuse("PasswordInvalid", format!("key {key:?} of Secret {name} is not UTF-8 text")))),
+        Err(_) => Ok(Err(refuse(
+            "PasswordInvalid",
+            format!("key {key:?} of Secret {name} is not UTF-8 text"),
+        ))),
     }
 }
 
@@ -306,7 +355,10 @@ fn desired_secret(
     annos.retain(|k, _| !k.starts_with("p12-operator.io/"));
     annos.extend(template.annotations);
     annos.extend(annotations);
-    let owners = s.metadata.owner_references.get_or_insert_with(Default::default);
+    let owners = s
+        .metadata
+        .owner_references
+        .get_or_insert_with(Default::default);
     let mine = owner_reference(cr);
     owners.retain(|o| o.uid != mine.uid);
     owners.push(mine);
@@ -336,7 +388,13 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
     let outcome = async {
         let plan = match plan::plan(&cr, &ctx.policy) {
             Ok(p) => p,
-            Err(e) => return Ok(Err(Refusal { reason: e.reason, message: e.message, retry: false })),
+            Err(e) => {
+                return Ok(Err(Refusal {
+                    reason: e.reason,
+                    message: e.message,
+                    retry: false,
+                }));
+            }
         };
         let ca = match ctx.ca() {
             Ok(ca) => ca,
@@ -355,31 +413,50 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
             let failures = ctx.failures(&oref) + 1;
             ctx.failures.lock().unwrap().insert(oref, failures);
             report_refusal(&cr, &ctx, &refusal, failures).await?;
-            Ok(if refusal.retry { Action::requeue(backoff(failures)) } else { Action::await_change() })
+            Ok(if refusal.retry {
+                Action::requeue(backoff(failures))
+            } else {
+                Action::await_change()
+            })
         }
     }
 }
 
-async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<CertificateAuthority>) -> Result<Result<Action, Refusal>, Error> {
+async fn converge(
+    cr: &CertificateRequest,
+    ctx: &Context,
+    plan: &Plan,
+    ca: &Arc<CertificateAuthority>,
+) -> Result<Result<Action, Refusal>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let oref = ObjectRef::from_obj(cr);
     let uid = cr.uid().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Whose is the Secret?
-    let meta = ctx.secrets.lock().unwrap().get(&(ns.clone(), plan.secret_name.clone())).cloned();
+    let meta = ctx
+        .secrets
+        .lock()
+        .unwrap()
+        .get(&(ns.clone(), plan.secret_name.clone()))
+        .cloned();
     if let Some(m) = &meta {
         if m.controller_uid.as_deref() != Some(uid.as_str()) {
-            return Ok(Err(conflict(plan, "it belongs to another CertificateRequest")));
+            return Ok(Err(conflict(
+                plan,
+                "it belongs to another CertificateRequest",
+            )));
         }
     }
 
     // The password.
     let ref_password = match &plan.password {
-        PasswordSource::SecretKey { name, key } => match referenced_password(&ctx.client, &ns, name, key).await? {
-            Ok(p) => Some(p),
-            Err(r) => return Ok(Err(r)),
-        },
+        PasswordSource::SecretKey { name, key } => {
+            match referenced_password(&ctx.client, &ns, name, key).await? {
+                Ok(p) => Some(p),
+                Err(r) => return Ok(Err(r)),
+            }
+        }
         PasswordSource::Generated => None,
     };
     let renew_token = cr.annotations().get(ann::RENEW_REQUESTED).cloned();
@@ -393,7 +470,11 @@ async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<
                 && last.profile == plan.keystore_profile.name()
                 && last.alias == plan.alias
                 && last.ca == ca.fingerprint()
-                && last.password == ref_password.as_ref().map(password_digest).unwrap_or_else(|| "generated".into())
+                && last.password
+                    == ref_password
+                        .as_ref()
+                        .map(password_digest)
+                        .unwrap_or_else(|| "generated".into())
                 && (renew_token.is_none() || last.renew_token == renew_token)
                 && Timestamp::now() < last.renewal_time;
             if same {
@@ -402,32 +483,59 @@ async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<
         }
     }
 
-    let live = if meta.is_some() { secrets.get_opt(&plan.secret_name).await? } else { None };
+    let live = if meta.is_some() {
+        secrets.get_opt(&plan.secret_name).await?
+    } else {
+        None
+    };
     if let Some(s) = &live {
-        if s.metadata.owner_references.as_deref().unwrap_or_default().iter().all(|o| o.uid != uid) {
-            return Ok(Err(conflict(plan, "it is not owned by this CertificateRequest")));
+        if s.metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .all(|o| o.uid != uid)
+        {
+            return Ok(Err(conflict(
+                plan,
+                "it is not owned by this CertificateRequest",
+            )));
         }
     }
-    let data = live.as_ref().and_then(|s| s.data.clone()).unwrap_or_default();
-    let live_annotations = live.as_ref().map(|s| s.annotations().clone()).unwrap_or_default();
+    let data = live
+        .as_ref()
+        .and_then(|s| s.data.clone())
+        .unwrap_or_default();
+    let live_annotations = live
+        .as_ref()
+        .map(|s| s.annotations().clone())
+        .unwrap_or_default();
     let existing = Existing::read(&data);
     let (password, generated) = match (ref_password, existing.stored_password.clone()) {
         (Some(p), _) => (p, false),
         (None, Some(stored)) => (stored, true),
         (None, None) => (bundle::generate_password(), true),
     };
-    let renew_requested = renew_token.is_some() && live_annotations.get(ann::RENEW_HONOURED) != renew_token.as_ref();
+    let renew_requested =
+        renew_token.is_some() && live_annotations.get(ann::RENEW_HONOURED) != renew_token.as_ref();
 
     let verdict = if live.is_none() {
         Verdict::Reissue("Missing")
     } else {
-        let (d, a, c, p) = (data.clone(), live_annotations.clone(), ca.clone(), password.clone());
+        let (d, a, c, p) = (
+            data.clone(),
+            live_annotations.clone(),
+            ca.clone(),
+            password.clone(),
+        );
         let plan2 = plan.clone();
         let existing2 = Existing::read(&data);
         let now = Timestamp::now();
-        tokio::task::spawn_blocking(move || bundle::assess(&d, &a, &existing2, &plan2, &c, &p, renew_requested, now))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            bundle::assess(&d, &a, &existing2, &plan2, &c, &p, renew_requested, now)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
     };
     let work = match verdict {
         Verdict::Reissue(reason) => Work::Issue { reason },
@@ -435,14 +543,21 @@ async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<
         Verdict::Current => Work::Nothing,
     };
 
-    let revision_now: i64 = live_annotations.get(ann::REVISION).and_then(|r| r.parse().ok()).unwrap_or(0);
+    let revision_now: i64 = live_annotations
+        .get(ann::REVISION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
     let (material, revision, honoured) = match &work {
         Work::Issue { .. } => {
             let reuse = match (plan.rotation, existing.key) {
                 (RotationPolicy::Never, Some(k)) if k.algorithm() == plan.key_algorithm => Some(k),
                 _ => None,
             };
-            let _permit = ctx.crypto.acquire().await.map_err(|e| Error::Task(e.to_string()))?;
+            let _permit = ctx
+                .crypto
+                .acquire()
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?;
             let (plan2, ca2) = (plan.clone(), ca.clone());
             let material = tokio::task::spawn_blocking(move || issue(&plan2, &ca2, reuse))
                 .await
@@ -457,36 +572,73 @@ async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<
             let (Some(key), Some(leaf_der)) = (existing.key, existing.leaf_der) else {
                 return Err(Error::Task("the Secret lost its key between reads".into()));
             };
-            (Material { key, leaf_der }, revision_now, live_annotations.get(ann::RENEW_HONOURED).cloned())
+            (
+                Material { key, leaf_der },
+                revision_now,
+                live_annotations.get(ann::RENEW_HONOURED).cloned(),
+            )
         }
     };
-    let facts = bundle::CertFacts::of(&material.leaf_der).ok_or_else(|| Error::Task("issued certificate does not parse".into()))?;
-    let annotations = bundle::secret_annotations(&cr.name_any(), plan, &facts, ca, revision, honoured.as_deref());
+    let facts = bundle::CertFacts::of(&material.leaf_der)
+        .ok_or_else(|| Error::Task("issued certificate does not parse".into()))?;
+    let annotations = bundle::secret_annotations(
+        &cr.name_any(),
+        plan,
+        &facts,
+        ca,
+        revision,
+        honoured.as_deref(),
+    );
 
     let new_data = match &work {
         Work::Issue { .. } | Work::Reencrypt { .. } => {
             let (plan2, ca2, p2) = (plan.clone(), ca.clone(), password.clone());
-            let _permit = ctx.crypto.acquire().await.map_err(|e| Error::Task(e.to_string()))?;
-            tokio::task::spawn_blocking(move || bundle::build_data(&material, &ca2, &plan2, &p2, generated))
+            let _permit = ctx
+                .crypto
+                .acquire()
                 .await
-                .map_err(|e| Error::Task(e.to_string()))??
+                .map_err(|e| Error::Task(e.to_string()))?;
+            tokio::task::spawn_blocking(move || {
+                bundle::build_data(&material, &ca2, &plan2, &p2, generated)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
         }
-        _ => data.iter().filter(|(k, _)| bundle::OWNED_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        _ => data
+            .iter()
+            .filter(|(k, _)| bundle::OWNED_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     };
     let desired = desired_secret(cr, live.as_ref(), new_data, annotations);
     let work = match work {
-        Work::Nothing if live.as_ref().is_some_and(|l| l.metadata.labels != desired.metadata.labels || l.metadata.annotations != desired.metadata.annotations || l.metadata.owner_references != desired.metadata.owner_references) => Work::Metadata,
+        Work::Nothing
+            if live.as_ref().is_some_and(|l| {
+                l.metadata.labels != desired.metadata.labels
+                    || l.metadata.annotations != desired.metadata.annotations
+                    || l.metadata.owner_references != desired.metadata.owner_references
+            }) =>
+        {
+            Work::Metadata
+        }
         w => w,
     };
 
     // One write for the Secret.
     let written = match (&work, &live) {
         (Work::Nothing, Some(l)) => l.clone(),
-        (_, Some(_)) => secrets.replace(&plan.secret_name, &post_params(), &desired).await?,
+        (_, Some(_)) => {
+            secrets
+                .replace(&plan.secret_name, &post_params(), &desired)
+                .await?
+        }
         (_, None) => match secrets.create(&post_params(), &desired).await {
             Ok(s) => s,
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                return Ok(Err(conflict(plan, "it already exists and is not managed by p12-operator")));
+                return Ok(Err(conflict(
+                    plan,
+                    "it already exists and is not managed by p12-operator",
+                )));
             }
             Err(e) => return Err(e.into()),
         },
@@ -500,7 +652,11 @@ async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<
             profile: plan.keystore_profile.name(),
             alias: plan.alias.clone(),
             ca: ca.fingerprint(),
-            password: if generated { "generated".into() } else { password_digest(&password) },
+            password: if generated {
+                "generated".into()
+            } else {
+                password_digest(&password)
+            },
             renew_token: renew_token.clone(),
             renewal_time: renewal,
         },
@@ -509,27 +665,71 @@ async fn converge(cr: &CertificateRequest, ctx: &Context, plan: &Plan, ca: &Arc<
     match &work {
         Work::Issue { reason } => {
             let (event_reason, note) = if revision > 1 {
-                ("Renewed", format!("issued certificate {} (revision {revision}) because {}", facts.serial_hex, describe(reason)))
+                (
+                    "Renewed",
+                    format!(
+                        "issued certificate {} (revision {revision}) because {}",
+                        facts.serial_hex,
+                        describe(reason)
+                    ),
+                )
             } else {
-                ("Issued", format!("issued certificate {} into Secret {}", facts.serial_hex, plan.secret_name))
+                (
+                    "Issued",
+                    format!(
+                        "issued certificate {} into Secret {}",
+                        facts.serial_hex, plan.secret_name
+                    ),
+                )
             };
             tracing::info!(namespace = %ns, request = %cr.name_any(), serial = %facts.serial_hex, reason, "issued certificate");
             publish(ctx, cr, EventType::Normal, event_reason, "Issue", note).await;
         }
         Work::Reencrypt { reason } => {
             tracing::info!(namespace = %ns, request = %cr.name_any(), reason, "re-encrypted keystores");
-            publish(ctx, cr, EventType::Normal, "Reencrypted", "Reencrypt", format!("rebuilt the keystores of Secret {} without re-issuing ({})", plan.secret_name, describe(reason))).await;
+            publish(
+                ctx,
+                cr,
+                EventType::Normal,
+                "Reencrypted",
+                "Reencrypt",
+                format!(
+                    "rebuilt the keystores of Secret {} without re-issuing ({})",
+                    plan.secret_name,
+                    describe(reason)
+                ),
+            )
+            .await;
         }
-        Work::Metadata => tracing::debug!(namespace = %ns, request = %cr.name_any(), "restored Secret metadata"),
+        Work::Metadata => {
+            tracing::debug!(namespace = %ns, request = %cr.name_any(), "restored Secret metadata")
+        }
         Work::Nothing => {}
     }
 
     // One write for status, only when it changed.
     let mut status = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
-    let until = format!("certificate {} valid until {}, renews at {}", facts.serial_hex, facts.not_after, renewal);
-    status::set(&mut status.conditions, status::READY, true, "Issued", &until, generation);
-    status::set(&mut status.conditions, status::ISSUED, true, "Issued", &format!("Secret {} holds revision {revision}", plan.secret_name), generation);
+    let until = format!(
+        "certificate {} valid until {}, renews at {}",
+        facts.serial_hex, facts.not_after, renewal
+    );
+    status::set(
+        &mut status.conditions,
+        status::READY,
+        true,
+        "Issued",
+        &until,
+        generation,
+    );
+    status::set(
+        &mut status.conditions,
+        status::ISSUED,
+        true,
+        "Issued",
+        &format!("Secret {} holds revision {revision}", plan.secret_name),
+        generation,
+    );
     status.not_before = Some(Time(facts.not_before));
     status.not_after = Some(Time(facts.not_after));
     status.renewal_time = Some(Time(renewal));
@@ -554,7 +754,9 @@ fn describe(reason: &str) -> &'static str {
         "RenewalDue" => "the renewal time was reached",
         "ProfileChanged" => "the keystore profile changed",
         "KeystoreStale" => "the keystore did not open with the current password or was out of date",
-        "TruststoreStale" => "the truststore did not open with the current password or was out of date",
+        "TruststoreStale" => {
+            "the truststore did not open with the current password or was out of date"
+        }
         "CABundleStale" => "ca.crt was out of date",
         "PasswordSourceChanged" => "the password source changed",
         _ => "the Secret was out of date",
@@ -564,7 +766,10 @@ fn describe(reason: &str) -> &'static str {
 fn conflict(plan: &Plan, why: &str) -> Refusal {
     refuse(
         "SecretConflict",
-        format!("Secret {} cannot be used because {why}; nothing was written to it. Choose another spec.secretName or remove that Secret", plan.secret_name),
+        format!(
+            "Secret {} cannot be used because {why}; nothing was written to it. Choose another spec.secretName or remove that Secret",
+            plan.secret_name
+        ),
     )
 }
 
@@ -580,16 +785,26 @@ enum IssueError {
 }
 
 /// Key pair → CSR → verified CSR → policy → signature. Runs on a blocking thread.
-fn issue(plan: &Plan, ca: &CertificateAuthority, reuse: Option<PrivateKey>) -> Result<Material, IssueError> {
+fn issue(
+    plan: &Plan,
+    ca: &CertificateAuthority,
+    reuse: Option<PrivateKey>,
+) -> Result<Material, IssueError> {
     let key = match reuse {
         Some(k) => k,
         None => PrivateKey::generate(plan.key_algorithm).map_err(IssueError::Pki)?,
     };
-    let csr_der = pki::build_csr(&key, &plan.leaf.subject, &plan.leaf.sans).map_err(IssueError::Pki)?;
+    let csr_der =
+        pki::build_csr(&key, &plan.leaf.subject, &plan.leaf.sans).map_err(IssueError::Pki)?;
     let csr = pki::VerifiedCsr::parse_and_verify(&csr_der).map_err(IssueError::Pki)?;
-    Policy::default_for_signing(plan).check(&plan.leaf, &csr).map_err(|v| IssueError::Policy(v.message().to_string()))?;
+    Policy::default_for_signing(plan)
+        .check(&plan.leaf, &csr)
+        .map_err(|v| IssueError::Policy(v.message().to_string()))?;
     let cert = pki::sign(ca, &csr, &plan.leaf, Timestamp::now()).map_err(IssueError::Pki)?;
-    Ok(Material { key, leaf_der: cert.der })
+    Ok(Material {
+        key,
+        leaf_der: cert.der,
+    })
 }
 
 trait SigningPolicy {
@@ -610,34 +825,77 @@ impl SigningPolicy for Policy {
     }
 }
 
-async fn publish(ctx: &Context, cr: &CertificateRequest, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(status::truncate(&note)), action: action.into(), secondary: None };
+async fn publish(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(status::truncate(&note)),
+        action: action.into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
         tracing::warn!(error = %e, "failed to publish an event");
     }
 }
 
-async fn write_status(ctx: &Context, cr: &CertificateRequest, status: CertificateRequestStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    status: CertificateRequestStatus,
+) -> Result<(), Error> {
     if cr.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let api: Api<CertificateRequest> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "p12-operator.io/v1alpha1",
         "kind": "CertificateRequest",
         "status": status,
     });
-    api.patch_status(&cr.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+    api.patch_status(
+        &cr.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
     Ok(())
 }
 
-async fn report_refusal(cr: &CertificateRequest, ctx: &Context, r: &Refusal, failures: u32) -> Result<(), Error> {
+async fn report_refusal(
+    cr: &CertificateRequest,
+    ctx: &Context,
+    r: &Refusal,
+    failures: u32,
+) -> Result<(), Error> {
     let mut status = cr.status.clone().unwrap_or_default();
-    let previous = status::get(&status.conditions, status::ISSUED).map(|c| (c.reason.clone(), c.message.clone()));
+    let previous = status::get(&status.conditions, status::ISSUED)
+        .map(|c| (c.reason.clone(), c.message.clone()));
     let message = status::truncate(&r.message);
     let generation = cr.metadata.generation;
-    status::set(&mut status.conditions, status::READY, false, r.reason, &message, generation);
-    status::set(&mut status.conditions, status::ISSUED, false, r.reason, &message, generation);
+    status::set(
+        &mut status.conditions,
+        status::READY,
+        false,
+        r.reason,
+        &message,
+        generation,
+    );
+    status::set(
+        &mut status.conditions,
+        status::ISSUED,
+        false,
+        r.reason,
+        &message,
+        generation,
+    );
     status.failed_attempts = Some(failures as i32);
     status.last_failure_time = Some(Time(Timestamp::now()));
     let changed = previous != Some((r.reason.to_string(), message.clone()));
@@ -660,7 +918,9 @@ pub fn error_policy(cr: Arc<CertificateRequest>, err: &Error, ctx: Arc<Context>)
 
 /// `p12-operator run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
     let ca_settings = CaSettings {
         namespace: args.namespace.clone(),
         secret_name: args.ca_secret.clone(),
@@ -672,13 +932,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ca_api: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let ca = ca::ensure(&ca_api, &ca_settings).await.map(Arc::new);
     match &ca {
-        Ok(ca) => tracing::info!(fingerprint = %ca.fingerprint(), not_after = %ca.not_after(), "CA loaded"),
-        Err(p) => tracing::error!(reason = p.reason, message = %p.message, "no usable CA; requests will report it until it is fixed"),
+        Ok(ca) => {
+            tracing::info!(fingerprint = %ca.fingerprint(), not_after = %ca.not_after(), "CA loaded")
+        }
+        Err(p) => {
+            tracing::error!(reason = p.reason, message = %p.message, "no usable CA; requests will report it until it is fixed")
+        }
     }
-    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));
+    let instance = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: Some(instance) }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(instance),
+            },
+        ),
         policy: policy(&args),
         ca_settings,
         ca: RwLock::new(ca),
@@ -687,13 +958,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         refs: Mutex::default(),
         checked: Mutex::default(),
         failures: Mutex::default(),
-        crypto: Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        crypto: Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        ),
     });
 
-    let (crs, secrets): (Api<CertificateRequest>, Api<PartialObjectMeta<Secret>>) = match &args.watch_namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (crs, secrets): (Api<CertificateRequest>, Api<PartialObjectMeta<Secret>>) =
+        match &args.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     let (reader, writer) = reflector::store();
     let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -723,11 +1002,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let mut events = watcher(ca_meta, ca_filter).default_backoff().boxed();
         while let Some(ev) = events.next().await {
             let version = match ev {
-                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s.resource_version(),
+                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
+                    s.resource_version()
+                }
                 Ok(watcher::Event::Delete(_)) => Some("deleted".to_string()),
                 _ => continue,
             };
-            let previous = ctx3.ca_version.lock().unwrap().replace(version.clone().unwrap_or_default());
+            let previous = ctx3
+                .ca_version
+                .lock()
+                .unwrap()
+                .replace(version.clone().unwrap_or_default());
             // The first sighting is the Secret loaded at start-up.
             if previous.is_none() || previous == version {
                 continue;
@@ -735,7 +1020,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let loaded = ca::ensure(&ca_api2, &ctx3.ca_settings).await.map(Arc::new);
             match &loaded {
                 Ok(ca) => tracing::info!(fingerprint = %ca.fingerprint(), "CA reloaded"),
-                Err(p) => tracing::error!(reason = p.reason, message = %p.message, "CA Secret changed and cannot be used"),
+                Err(p) => {
+                    tracing::error!(reason = p.reason, message = %p.message, "CA Secret changed and cannot be used")
+                }
             }
             *ctx3.ca.write().unwrap() = loaded;
             let _ = all_tx.try_send(());
@@ -760,6 +1047,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send {
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<()>,
+) -> impl futures::Stream<Item = ()> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -8,7 +8,14 @@ pub const VERIFIED: &str = "Verified";
 
 /// Sets condition `type_` in `conditions`, keeping its lastTransitionTime when
 /// the status did not change.
-pub fn set(conditions: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: &str, generation: Option<i64>) {
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
     let status = if status { "True" } else { "False" }.to_string();
     let now = Time(jiff::Timestamp::now());
     match conditions.iter_mut().find(|c| c.type_ == type_) {

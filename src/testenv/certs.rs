@@ -44,7 +44,10 @@ impl ClusterCa {
         validity(&mut params);
         random_serial(&mut params);
         let cert = params.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     fn issue(
@@ -69,7 +72,10 @@ impl ClusterCa {
         validity(&mut params);
         random_serial(&mut params);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(CertAndKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// The API server's serving certificate: valid for loopback and the in-cluster names.
@@ -87,7 +93,12 @@ impl ClusterCa {
         ] {
             sans.push(SanType::DnsName(name.try_into()?));
         }
-        self.issue("kube-apiserver", &[], sans, ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(
+            "kube-apiserver",
+            &[],
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
     }
 
     /// A client certificate; Kubernetes reads the user from CN and groups from O.

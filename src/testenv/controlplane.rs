@@ -55,9 +55,12 @@ pub struct ControlPlane {
 }
 
 fn free_port() -> Result<u16, HarnessError> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| HarnessError::Start(format!("failed to find a free port on 127.0.0.1: {e}")))?;
-    Ok(l.local_addr().map_err(|e| HarnessError::Start(e.to_string()))?.port())
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| {
+        HarnessError::Start(format!("failed to find a free port on 127.0.0.1: {e}"))
+    })?;
+    Ok(l.local_addr()
+        .map_err(|e| HarnessError::Start(e.to_string()))?
+        .port())
 }
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError {
@@ -70,7 +73,10 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> HarnessErro
 fn why_exited(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let is_error = |l: &&str| {
-        l.starts_with('E') || l.starts_with('F') || l.contains("\"level\":\"fatal\"") || l.contains("\"level\":\"panic\"")
+        l.starts_with('E')
+            || l.starts_with('F')
+            || l.contains("\"level\":\"fatal\"")
+            || l.contains("\"level\":\"panic\"")
     };
     if let Some(line) = text.lines().rev().find(is_error) {
         return line.to_string();
@@ -85,7 +91,10 @@ fn work_dir(label: &str) -> Result<PathBuf, HarnessError> {
     let base = tools::target_dir().join("testenv");
     let mut dir = base.join(label);
     if let Ok(pid) = std::fs::read_to_string(dir.join("pid")) {
-        let alive = pid.trim().parse::<i32>().is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        let alive = pid
+            .trim()
+            .parse::<i32>()
+            .is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0);
         if alive {
             dir = base.join(format!("{label}-{}", std::process::id()));
         }
@@ -94,7 +103,8 @@ fn work_dir(label: &str) -> Result<PathBuf, HarnessError> {
         std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
     }
     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-    std::fs::write(dir.join("pid"), std::process::id().to_string()).map_err(io_err("write", &dir))?;
+    std::fs::write(dir.join("pid"), std::process::id().to_string())
+        .map_err(io_err("write", &dir))?;
     Ok(dir)
 }
 
@@ -105,11 +115,17 @@ impl ControlPlane {
         let dir = work_dir(label)?;
         let began = Instant::now();
 
-        let ca = ClusterCa::generate().map_err(|e| HarnessError::Start(format!("failed to create the cluster CA: {e}")))?;
-        let cert_err = |e: rcgen::Error| HarnessError::Start(format!("failed to create certificates: {e}"));
+        let ca = ClusterCa::generate()
+            .map_err(|e| HarnessError::Start(format!("failed to create the cluster CA: {e}")))?;
+        let cert_err =
+            |e: rcgen::Error| HarnessError::Start(format!("failed to create certificates: {e}"));
         let serving = ca.serving("10.0.0.1".parse().unwrap()).map_err(cert_err)?;
-        let admin = ca.client("p12-test-admin", &["system:masters"]).map_err(cert_err)?;
-        let kcm = ca.client("system:kube-controller-manager", &["system:masters"]).map_err(cert_err)?;
+        let admin = ca
+            .client("p12-test-admin", &["system:masters"])
+            .map_err(cert_err)?;
+        let kcm = ca
+            .client("system:kube-controller-manager", &["system:masters"])
+            .map_err(cert_err)?;
         let (sa_key, sa_pub) = certs::service_account_key().map_err(cert_err)?;
         let write = |name: &str, data: &str| -> Result<PathBuf, HarnessError> {
             let p = dir.join(name);
@@ -130,8 +146,14 @@ impl ControlPlane {
         certs::write_kubeconfig(&kubeconfig, &server, &ca.cert_pem, &admin, "admin")
             .map_err(io_err("write", &kubeconfig))?;
         let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
-        certs::write_kubeconfig(&kcm_kubeconfig, &server, &ca.cert_pem, &kcm, "kube-controller-manager")
-            .map_err(io_err("write", &kcm_kubeconfig))?;
+        certs::write_kubeconfig(
+            &kcm_kubeconfig,
+            &server,
+            &ca.cert_pem,
+            &kcm,
+            "kube-controller-manager",
+        )
+        .map_err(io_err("write", &kcm_kubeconfig))?;
 
         let cp = ControlPlane {
             dir: dir.clone(),
@@ -213,7 +235,11 @@ impl ControlPlane {
         let out = File::create(&log).map_err(io_err("create", &log))?;
         let err = out.try_clone().map_err(io_err("open", &log))?;
         let mut cmd = Command::new(&exe);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).current_dir(&self.dir);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .current_dir(&self.dir);
         let child = process::spawn_tied(cmd)
             .map_err(|e| HarnessError::Start(format!("failed to start {}: {e}", exe.display())))?;
         self.procs.lock().unwrap().push(Proc { name, child, log });
@@ -261,7 +287,8 @@ impl ControlPlane {
     /// `kubectl` with the admin kubeconfig.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(self.bin.join("kubectl"));
-        cmd.env("KUBECONFIG", &self.kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST");
         cmd
     }
 
@@ -278,13 +305,16 @@ impl ControlPlane {
     /// Writes a kubeconfig for a user authenticated by a client certificate
     /// (user from CN, groups from O) — a real, restricted identity for RBAC tests.
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf, HarnessError> {
-        let cert = self
-            .ca
-            .client(user, groups)
-            .map_err(|e| HarnessError::Start(format!("failed to create a client certificate: {e}")))?;
-        let safe: String = user.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let cert = self.ca.client(user, groups).map_err(|e| {
+            HarnessError::Start(format!("failed to create a client certificate: {e}"))
+        })?;
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
         let path = self.dir.join(format!("user-{safe}.kubeconfig"));
-        certs::write_kubeconfig(&path, &self.server, &self.ca_pem, &cert, user).map_err(io_err("write", &path))?;
+        certs::write_kubeconfig(&path, &self.server, &self.ca_pem, &cert, user)
+            .map_err(io_err("write", &path))?;
         Ok(path)
     }
 

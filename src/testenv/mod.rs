@@ -66,7 +66,12 @@ impl TestCluster {
         if let Some(path) = std::env::var_os(EXTERNAL_KUBECONFIG_ENV) {
             let work_dir = tools::target_dir().join("testenv").join(label);
             std::fs::create_dir_all(&work_dir).map_err(|e| HarnessError::Start(e.to_string()))?;
-            return Ok(TestCluster { local: None, kubeconfig: path.into(), work_dir, pod_runner: OnceLock::new() });
+            return Ok(TestCluster {
+                local: None,
+                kubeconfig: path.into(),
+                work_dir,
+                pod_runner: OnceLock::new(),
+            });
         }
         let cp = ControlPlane::start(label)?;
         Ok(TestCluster {
@@ -80,7 +85,9 @@ impl TestCluster {
     /// The local control plane; panics for an external cluster (tests that
     /// need it should say so).
     pub fn control_plane(&self) -> &ControlPlane {
-        self.local.as_ref().expect("this test needs the local control plane, not P12_TEST_KUBECONFIG")
+        self.local
+            .as_ref()
+            .expect("this test needs the local control plane, not P12_TEST_KUBECONFIG")
     }
 
     /// A client with the admin identity, bound to the calling test's runtime.
@@ -122,7 +129,9 @@ impl TestCluster {
                     rt.block_on(async move {
                         match client_from(&kubeconfig, None).await {
                             Ok(client) => podrunner::run(client, cfg).await,
-                            Err(e) => tracing::error!(error = %e, "local pod runner could not start"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "local pod runner could not start")
+                            }
                         }
                     });
                 })
@@ -153,11 +162,16 @@ impl TestCluster {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Err(HarnessError::Client(format!("namespace {name} got no default ServiceAccount within 10s")))
+        Err(HarnessError::Client(format!(
+            "namespace {name} got no default ServiceAccount within 10s"
+        )))
     }
 }
 
-async fn client_from(path: &Path, impersonate: Option<(&str, &[&str])>) -> Result<Client, HarnessError> {
+async fn client_from(
+    path: &Path,
+    impersonate: Option<(&str, &[&str])>,
+) -> Result<Client, HarnessError> {
     let kc = Kubeconfig::read_from(path)
         .map_err(|e| HarnessError::Client(format!("failed to read {}: {e}", path.display())))?;
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -167,15 +181,22 @@ async fn client_from(path: &Path, impersonate: Option<(&str, &[&str])>) -> Resul
         config.auth_info.impersonate = Some(user.to_string());
         config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
     }
-    Client::try_from(config).map_err(|e| HarnessError::Client(format!("failed to build a client: {e}")))
+    Client::try_from(config)
+        .map_err(|e| HarnessError::Client(format!("failed to build a client: {e}")))
 }
 
 /// The test binary's name without cargo's hash (`controlplane-1a2b…` → `controlplane`).
 fn process_label() -> String {
     let exe = std::env::current_exe().ok();
-    let stem = exe.as_deref().and_then(|p| p.file_stem()).and_then(|s| s.to_str()).unwrap_or("testenv");
+    let stem = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .and_then(|s| s.to_str())
+        .unwrap_or("testenv");
     match stem.rsplit_once('-') {
-        Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+        Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            name.to_string()
+        }
         _ => stem.to_string(),
     }
 }

@@ -24,8 +24,8 @@ use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, ServiceAccount, Volume};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -57,7 +57,11 @@ pub fn is_operator_image(image: &str) -> bool {
 
 fn is_ours(pod: &Pod) -> bool {
     let Some(spec) = &pod.spec else { return false };
-    spec.node_name.is_none() && spec.containers.iter().any(|c| c.image.as_deref().is_some_and(is_operator_image))
+    spec.node_name.is_none()
+        && spec
+            .containers
+            .iter()
+            .any(|c| c.image.as_deref().is_some_and(is_operator_image))
 }
 
 fn is_terminal(pod: &Pod) -> bool {
@@ -74,7 +78,9 @@ pub async fn run(client: Client, cfg: PodRunnerConfig) {
     let cfg = Arc::new(cfg);
     let running: Running = Arc::default();
     let pods: Api<Pod> = Api::all(client.clone());
-    let mut events = watcher(pods, watcher::Config::default()).default_backoff().boxed();
+    let mut events = watcher(pods, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     while let Some(event) = events.next().await {
         let pod = match event {
             Ok(Event::Apply(pod)) | Ok(Event::InitApply(pod)) => pod,
@@ -126,14 +132,20 @@ fn stop_pod(running: &Running, pod: &Pod, grace: Option<i64>) {
     let uid = pod.uid().unwrap_or_default();
     if let Some(tx) = running.lock().unwrap().get(&uid) {
         let grace = grace
-            .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .or_else(|| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
             .unwrap_or(30);
         let _ = tx.send(Some(grace));
     }
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn failed_status(message: &str) -> serde_json::Value {
@@ -141,7 +153,8 @@ fn failed_status(message: &str) -> serde_json::Value {
 }
 
 async fn patch_status(api: &Api<Pod>, name: &str, status: serde_json::Value) -> kube::Result<Pod> {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
 }
 
 /// Why a pod cannot run here; becomes the pod's status message.
@@ -195,11 +208,20 @@ async fn container_env(
 ) -> Result<BTreeMap<String, String>, PodError> {
     let ns = pod.namespace().unwrap_or_default();
     let mut env = BTreeMap::new();
-    env.insert("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string());
+    env.insert(
+        "PATH".to_string(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+    );
     env.insert("HOSTNAME".to_string(), pod.name_any());
     env.insert("KUBERNETES_SERVICE_HOST".to_string(), cfg.api_host.clone());
-    env.insert("KUBERNETES_SERVICE_PORT".to_string(), cfg.api_port.to_string());
-    env.insert("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), cfg.api_port.to_string());
+    env.insert(
+        "KUBERNETES_SERVICE_PORT".to_string(),
+        cfg.api_port.to_string(),
+    );
+    env.insert(
+        "KUBERNETES_SERVICE_PORT_HTTPS".to_string(),
+        cfg.api_port.to_string(),
+    );
     if !c.env_from.as_deref().unwrap_or_default().is_empty() {
         return Err(PodError::Unsupported("envFrom is not supported".into()));
     }
@@ -219,26 +241,50 @@ async fn container_env(
                         .unwrap_or_default(),
                     "spec.nodeName" => "local-pod-runner".into(),
                     "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
-                    other => return Err(PodError::Unsupported(format!("env fieldRef {other} is not supported"))),
+                    other => {
+                        return Err(PodError::Unsupported(format!(
+                            "env fieldRef {other} is not supported"
+                        )));
+                    }
                 }
             } else if let Some(r) = &from.secret_key_ref {
-                let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&r.name).await;
+                let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await;
                 let secret = secret.map_err(setup("read a Secret for env"))?;
-                match secret.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()) {
+                match secret
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get(&r.key).cloned())
+                {
                     Some(b) => String::from_utf8_lossy(&b.0).into_owned(),
                     None if r.optional == Some(true) => continue,
-                    None => return Err(PodError::Setup(format!("find key {} of Secret {}", r.key, r.name))),
+                    None => {
+                        return Err(PodError::Setup(format!(
+                            "find key {} of Secret {}",
+                            r.key, r.name
+                        )));
+                    }
                 }
             } else if let Some(r) = &from.config_map_key_ref {
-                let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt(&r.name).await;
+                let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await;
                 let cm = cm.map_err(setup("read a ConfigMap for env"))?;
                 match cm.and_then(|c| c.data).and_then(|d| d.get(&r.key).cloned()) {
                     Some(v) => v,
                     None if r.optional == Some(true) => continue,
-                    None => return Err(PodError::Setup(format!("find key {} of ConfigMap {}", r.key, r.name))),
+                    None => {
+                        return Err(PodError::Setup(format!(
+                            "find key {} of ConfigMap {}",
+                            r.key, r.name
+                        )));
+                    }
                 }
             } else {
-                return Err(PodError::Unsupported(format!("env {} uses an unsupported valueFrom", var.name)));
+                return Err(PodError::Unsupported(format!(
+                    "env {} uses an unsupported valueFrom",
+                    var.name
+                )));
             }
         } else {
             String::new()
@@ -265,7 +311,9 @@ async fn materialise(client: &Client, pod: &Pod, vol: &Volume, dir: &Path) -> Re
     }
     if let Some(s) = &vol.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&name).await;
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt(&name)
+            .await;
         match secret.map_err(setup("read a Secret volume"))? {
             Some(secret) => {
                 for (k, v) in secret.data.unwrap_or_default() {
@@ -273,12 +321,19 @@ async fn materialise(client: &Client, pod: &Pod, vol: &Volume, dir: &Path) -> Re
                 }
             }
             None if s.optional == Some(true) => {}
-            None => return Err(PodError::Setup(format!("find Secret {name} for volume {}", vol.name))),
+            None => {
+                return Err(PodError::Setup(format!(
+                    "find Secret {name} for volume {}",
+                    vol.name
+                )));
+            }
         }
         return Ok(());
     }
     if let Some(c) = &vol.config_map {
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt(&c.name).await;
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt(&c.name)
+            .await;
         match cm.map_err(setup("read a ConfigMap volume"))? {
             Some(cm) => {
                 for (k, v) in cm.data.unwrap_or_default() {
@@ -286,18 +341,29 @@ async fn materialise(client: &Client, pod: &Pod, vol: &Volume, dir: &Path) -> Re
                 }
             }
             None if c.optional == Some(true) => {}
-            None => return Err(PodError::Setup(format!("find ConfigMap {} for volume {}", c.name, vol.name))),
+            None => {
+                return Err(PodError::Setup(format!(
+                    "find ConfigMap {} for volume {}",
+                    c.name, vol.name
+                )));
+            }
         }
         return Ok(());
     }
     if let Some(p) = &vol.projected {
         for source in p.sources.as_deref().unwrap_or_default() {
             if let Some(t) = &source.service_account_token {
-                let token = request_token(client, pod, t.audience.clone(), t.expiration_seconds).await?;
+                let token =
+                    request_token(client, pod, t.audience.clone(), t.expiration_seconds).await?;
                 write_file(dir, &t.path, token.as_bytes())?;
             } else if let Some(c) = &source.config_map {
-                let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get(&c.name).await;
-                let data = cm.map_err(setup("read a projected ConfigMap"))?.data.unwrap_or_default();
+                let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .get(&c.name)
+                    .await;
+                let data = cm
+                    .map_err(setup("read a projected ConfigMap"))?
+                    .data
+                    .unwrap_or_default();
                 for item in c.items.as_deref().unwrap_or_default() {
                     let v = data.get(&item.key).cloned().unwrap_or_default();
                     write_file(dir, &item.path, v.as_bytes())?;
@@ -307,17 +373,27 @@ async fn materialise(client: &Client, pod: &Pod, vol: &Volume, dir: &Path) -> Re
                     let v = match item.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                         Some("metadata.namespace") => ns.clone(),
                         Some("metadata.name") => pod.name_any(),
-                        other => return Err(PodError::Unsupported(format!("downwardAPI field {other:?}"))),
+                        other => {
+                            return Err(PodError::Unsupported(format!(
+                                "downwardAPI field {other:?}"
+                            )));
+                        }
                     };
                     write_file(dir, &item.path, v.as_bytes())?;
                 }
             } else {
-                return Err(PodError::Unsupported(format!("projected volume {} has an unsupported source", vol.name)));
+                return Err(PodError::Unsupported(format!(
+                    "projected volume {} has an unsupported source",
+                    vol.name
+                )));
             }
         }
         return Ok(());
     }
-    Err(PodError::Unsupported(format!("volume {} has a type the runner cannot provide", vol.name)))
+    Err(PodError::Unsupported(format!(
+        "volume {} has a type the runner cannot provide",
+        vol.name
+    )))
 }
 
 /// A bound service-account token, exactly what a kubelet would mount.
@@ -328,7 +404,11 @@ async fn request_token(
     expiration: Option<i64>,
 ) -> Result<String, PodError> {
     let ns = pod.namespace().unwrap_or_default();
-    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
     let req = TokenRequest {
         spec: TokenRequestSpec {
             audiences: audience.into_iter().collect(),
@@ -347,7 +427,9 @@ async fn request_token(
         .create_subresource("token", &sa, &PostParams::default(), &req)
         .await
         .map_err(setup("request a service-account token"))?;
-    resp.status.map(|s| s.token).ok_or_else(|| PodError::Setup("get a token: empty TokenRequest status".into()))
+    resp.status
+        .map(|s| s.token)
+        .ok_or_else(|| PodError::Setup("get a token: empty TokenRequest status".into()))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -360,18 +442,47 @@ struct Launch {
     termination_log: PathBuf,
 }
 
-async fn prepare(client: &Client, cfg: &PodRunnerConfig, pod: &Pod) -> Result<(Launch, Container), PodError> {
-    let spec = pod.spec.as_ref().ok_or_else(|| PodError::Unsupported("pod has no spec".into()))?;
-    if !spec.init_containers.as_deref().unwrap_or_default().is_empty() || spec.containers.len() != 1 {
-        return Err(PodError::Unsupported("only pods with exactly one container and no init containers run here".into()));
+async fn prepare(
+    client: &Client,
+    cfg: &PodRunnerConfig,
+    pod: &Pod,
+) -> Result<(Launch, Container), PodError> {
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| PodError::Unsupported("pod has no spec".into()))?;
+    if !spec
+        .init_containers
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+        || spec.containers.len() != 1
+    {
+        return Err(PodError::Unsupported(
+            "only pods with exactly one container and no init containers run here".into(),
+        ));
     }
     let c = spec.containers[0].clone();
     let env = container_env(client, pod, &c, cfg).await?;
-    let command: Vec<String> = c.command.clone().unwrap_or_default().iter().map(|s| expand(s, &env)).collect();
-    let args: Vec<String> = c.args.clone().unwrap_or_default().iter().map(|s| expand(s, &env)).collect();
+    let command: Vec<String> = c
+        .command
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| expand(s, &env))
+        .collect();
+    let args: Vec<String> = c
+        .args
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| expand(s, &env))
+        .collect();
     if let Some(first) = command.first() {
         if Path::new(first).file_name().and_then(|n| n.to_str()) != Some("p12-operator") {
-            return Err(PodError::Unsupported(format!("command {first:?} is not the p12-operator binary")));
+            return Err(PodError::Unsupported(format!(
+                "command {first:?} is not the p12-operator binary"
+            )));
         }
     }
     let mut argv = vec![cfg.operator_binary.display().to_string()];
@@ -379,7 +490,10 @@ async fn prepare(client: &Client, cfg: &PodRunnerConfig, pod: &Pod) -> Result<(L
     argv.extend(args);
 
     let ns = pod.namespace().unwrap_or_default();
-    let dir = cfg.work_dir.join("pods").join(format!("{ns}_{}", pod.name_any()));
+    let dir = cfg
+        .work_dir
+        .join("pods")
+        .join(format!("{ns}_{}", pod.name_any()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(setup("create the pod folder"))?;
     let log = dir.join(format!("{}.log", c.name));
@@ -391,20 +505,30 @@ async fn prepare(client: &Client, cfg: &PodRunnerConfig, pod: &Pod) -> Result<(L
     let mut mount_at = |src: &Path, dst: &str, ro: bool, file: bool| {
         let dst = shell_quote(dst);
         if file {
-            script.push_str(&format!("mkdir -p \"$(dirname {dst})\"; [ -e {dst} ] || : > {dst}\n"));
+            script.push_str(&format!(
+                "mkdir -p \"$(dirname {dst})\"; [ -e {dst} ] || : > {dst}\n"
+            ));
         } else {
             script.push_str(&format!("mkdir -p {dst}\n"));
         }
-        script.push_str(&format!("mount --bind {} {dst}\n", shell_quote(&src.display().to_string())));
+        script.push_str(&format!(
+            "mount --bind {} {dst}\n",
+            shell_quote(&src.display().to_string())
+        ));
         if ro {
             script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
         }
     };
-    let tm_path = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+    let tm_path = c
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".into());
     mount_at(&termination_log, &tm_path, false, true);
     for vm in c.volume_mounts.as_deref().unwrap_or_default() {
         if vm.sub_path.is_some() || vm.sub_path_expr.is_some() {
-            return Err(PodError::Unsupported("subPath mounts are not supported".into()));
+            return Err(PodError::Unsupported(
+                "subPath mounts are not supported".into(),
+            ));
         }
         let vol = spec
             .volumes
@@ -420,11 +544,20 @@ async fn prepare(client: &Client, cfg: &PodRunnerConfig, pod: &Pod) -> Result<(L
 
     let sc = c.security_context.as_ref();
     let psc = spec.security_context.as_ref();
-    let uid = sc.and_then(|s| s.run_as_user).or_else(|| psc.and_then(|s| s.run_as_user));
-    let gid = sc.and_then(|s| s.run_as_group).or_else(|| psc.and_then(|s| s.run_as_group)).or(uid);
-    let run_as_non_root = sc.and_then(|s| s.run_as_non_root).or_else(|| psc.and_then(|s| s.run_as_non_root));
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|s| s.run_as_user));
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| psc.and_then(|s| s.run_as_group))
+        .or(uid);
+    let run_as_non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| psc.and_then(|s| s.run_as_non_root));
     if run_as_non_root == Some(true) && uid.is_none_or(|u| u == 0) {
-        return Err(PodError::Unsupported("runAsNonRoot is set but no non-zero runAsUser is given".into()));
+        return Err(PodError::Unsupported(
+            "runAsNonRoot is set but no non-zero runAsUser is given".into(),
+        ));
     }
     if let Some(uid) = uid {
         // The process must be able to read what was mounted for it.
@@ -440,15 +573,31 @@ async fn prepare(client: &Client, cfg: &PodRunnerConfig, pod: &Pod) -> Result<(L
     let out = std::fs::File::create(&log).map_err(setup("create the container log"))?;
     let err = out.try_clone().map_err(setup("open the container log"))?;
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", &script, "sh"])
-        .args(&argv)
-        .env_clear()
-        .envs(&env)
-        .current_dir(c.working_dir.as_deref().unwrap_or("/"))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    Ok((Launch { cmd, log, termination_log }, c))
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .args(&argv)
+    .env_clear()
+    .envs(&env)
+    .current_dir(c.working_dir.as_deref().unwrap_or("/"))
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err);
+    Ok((
+        Launch {
+            cmd,
+            log,
+            termination_log,
+        },
+        c,
+    ))
 }
 
 fn chown_tree(dir: &Path, uid: u32, gid: u32) {
@@ -467,9 +616,17 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) {
 
 /// The termination message: the file the container wrote, or with
 /// `FallbackToLogsOnError` the end of its log when it failed and wrote nothing.
-fn termination_message(termination_log: &Path, log: &Path, c: &Container, exit_code: i32) -> String {
+fn termination_message(
+    termination_log: &Path,
+    log: &Path,
+    c: &Container,
+    exit_code: i32,
+) -> String {
     let mut msg = std::fs::read(termination_log).unwrap_or_default();
-    if msg.is_empty() && exit_code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
+    if msg.is_empty()
+        && exit_code != 0
+        && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+    {
         let out = std::fs::read(log).unwrap_or_default();
         msg = out[out.len().saturating_sub(2048)..].to_vec();
     }
@@ -483,20 +640,34 @@ enum Outcome {
     Deleted,
 }
 
-async fn run_pod(client: Client, cfg: &PodRunnerConfig, pod: Pod, mut stop: watch::Receiver<Option<i64>>) -> Result<(), PodError> {
+async fn run_pod(
+    client: Client,
+    cfg: &PodRunnerConfig,
+    pod: Pod,
+    mut stop: watch::Receiver<Option<i64>>,
+) -> Result<(), PodError> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let spec = pod.spec.clone().unwrap_or_default();
-    let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     let started = jiff::Timestamp::now();
-    let deadline = spec.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+    let deadline = spec
+        .active_deadline_seconds
+        .map(|s| Duration::from_secs(s.max(0) as u64));
     let mut restarts = 0;
     let mut last_state = serde_json::Value::Null;
     loop {
         let (launch, c) = prepare(&client, cfg, &pod).await?;
         let image = c.image.clone().unwrap_or_default();
-        let Launch { cmd, log, termination_log } = launch;
+        let Launch {
+            cmd,
+            log,
+            termination_log,
+        } = launch;
         let mut child = process::spawn_tied(cmd).map_err(setup("start the operator binary"))?;
         let run_start = now();
         let pod_start = started.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
@@ -524,7 +695,10 @@ async fn run_pod(client: Client, cfg: &PodRunnerConfig, pod: Pod, mut stop: watc
             let _ = exit_tx.send(code.unwrap_or(-1));
         });
         let remaining = deadline.map(|d| {
-            let elapsed = jiff::Timestamp::now().duration_since(started).as_secs_f64().max(0.0);
+            let elapsed = jiff::Timestamp::now()
+                .duration_since(started)
+                .as_secs_f64()
+                .max(0.0);
             d.saturating_sub(Duration::from_secs_f64(elapsed))
         });
         let grace_default = spec.termination_grace_period_seconds.unwrap_or(30);
@@ -550,7 +724,9 @@ async fn run_pod(client: Client, cfg: &PodRunnerConfig, pod: Pod, mut stop: watc
                     "containerStatuses": [{"name": c.name, "image": image, "imageID": "", "ready": false,
                         "started": false, "restartCount": restarts, "state": {"terminated": {"exitCode": 137,
                         "reason": "DeadlineExceeded", "startedAt": run_start, "finishedAt": finished}}}]}});
-                patch_status(&api, &name, status).await.map_err(setup("write the pod status"))?;
+                patch_status(&api, &name, status)
+                    .await
+                    .map_err(setup("write the pod status"))?;
                 return Ok(());
             }
             Outcome::Exited(code) => {
@@ -577,7 +753,9 @@ async fn run_pod(client: Client, cfg: &PodRunnerConfig, pod: Pod, mut stop: watc
                                    {"type": "ContainersReady", "status": "False", "lastTransitionTime": finished}],
                     "containerStatuses": [{"name": c.name, "image": image, "imageID": "", "ready": false,
                         "started": false, "restartCount": restarts, "state": {"terminated": terminated}}]}});
-                patch_status(&api, &name, status).await.map_err(setup("write the pod status"))?;
+                patch_status(&api, &name, status)
+                    .await
+                    .map_err(setup("write the pod status"))?;
                 return Ok(());
             }
         }
@@ -618,7 +796,9 @@ mod tests {
         assert!(is_operator_image("p12-operator"));
         assert!(is_operator_image("p12-operator:0.1.0"));
         assert!(is_operator_image("ghcr.io/acme/p12-operator:latest"));
-        assert!(is_operator_image("registry:5000/x/p12-operator@sha256:abcd"));
+        assert!(is_operator_image(
+            "registry:5000/x/p12-operator@sha256:abcd"
+        ));
         assert!(!is_operator_image("nginx:1.27"));
         assert!(!is_operator_image("ghcr.io/acme/p12-operator-probe:1"));
         assert!(!is_operator_image("p12-operator/nginx"));

@@ -6,7 +6,13 @@ use std::process::Command;
 
 use super::HarnessError;
 
-pub const TOOLS: [&str; 5] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm"];
+pub const TOOLS: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "helm",
+];
 
 /// The repository root (where Cargo.toml is), found at compile time.
 pub fn repo_root() -> PathBuf {
@@ -43,7 +49,10 @@ pub fn ensure_built() -> Result<PathBuf, HarnessError> {
     }
     for t in TOOLS {
         if !is_executable(&bin.join(t)) {
-            return Err(HarnessError::Build(format!("{} did not produce {t}", script.display())));
+            return Err(HarnessError::Build(format!(
+                "{} did not produce {t}",
+                script.display()
+            )));
         }
     }
     Ok(bin)
@@ -51,5 +60,7 @@ pub fn ensure_built() -> Result<PathBuf, HarnessError> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }

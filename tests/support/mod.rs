@@ -45,15 +45,34 @@ pub fn install_crd() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let cp = cluster().control_plane();
-        let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/p12-operator.io_certificaterequests.yaml");
-        let out = cp.kubectl().args(["apply", "--server-side", "-f"]).arg(&crd).output().unwrap();
-        assert!(out.status.success(), "CRD apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        let crd = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crds/p12-operator.io_certificaterequests.yaml");
         let out = cp
             .kubectl()
-            .args(["wait", "--for=condition=Established", "--timeout=30s", "crd/certificaterequests.p12-operator.io"])
+            .args(["apply", "--server-side", "-f"])
+            .arg(&crd)
             .output()
             .unwrap();
-        assert!(out.status.success(), "CRD not established: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "CRD apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = cp
+            .kubectl()
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/certificaterequests.p12-operator.io",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "CRD not established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }
 
@@ -71,7 +90,11 @@ impl Operator {
         install_crd();
         let cp = cluster().control_plane();
         let namespace = format!("p12-system-{label}");
-        let out = cp.kubectl().args(["create", "namespace", &namespace]).output().unwrap();
+        let out = cp
+            .kubectl()
+            .args(["create", "namespace", &namespace])
+            .output()
+            .unwrap();
         assert!(
             out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
             "creating {namespace}: {}",
@@ -79,15 +102,27 @@ impl Operator {
         );
         let log = cp.dir.join(format!("operator-{label}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_p12-operator"));
-        cmd.args(["--log-level", "trace", "run", "--namespace", &namespace, "--min-duration", "30s"])
-            .args(extra_args)
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        cmd.args([
+            "--log-level",
+            "trace",
+            "run",
+            "--namespace",
+            &namespace,
+            "--min-duration",
+            "30s",
+        ])
+        .args(extra_args)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         let child = process::spawn_tied(cmd).expect("the operator starts");
-        Operator { child: Mutex::new(child), log, namespace }
+        Operator {
+            child: Mutex::new(child),
+            log,
+            namespace,
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -117,7 +152,12 @@ pub fn kubectl_apply(yaml: &str, namespace: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
