@@ -415,6 +415,12 @@ pub struct ProbeStatus {
     /// One entry per ready endpoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointResult>,
+    /// The fingerprint of the issued certificate the endpoints were compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_fingerprint_sha256: Option<String>,
+    /// The `p12-operator.io/probe-requested-at` annotation value this probe answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
 }
 
 /// What one endpoint presented.
@@ -430,6 +436,10 @@ pub struct EndpointResult {
     pub served_fingerprint_sha256: Option<String>,
     /// The served certificate is the one currently issued.
     pub matches_issued: bool,
+    /// `Verified`, or why not: `StaleCertificate`, `UntrustedChain`,
+    /// `HostnameMismatch`, `Expired`, `HandshakeFailed`, `Timeout`, `ConnectionFailed`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     /// Negotiated TLS version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,

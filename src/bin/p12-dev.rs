@@ -141,7 +141,7 @@ fn demo(keep: bool) -> Result<(), String> {
     )?;
     let log = cp.dir.join("operator.log");
     let mut cmd = Command::new(operator_binary()?);
-    cmd.args(["run", "--namespace", "p12-operator"])
+    cmd.args(["run", "--namespace", "p12-operator", "--probe-grace", "2s"])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).map_err(|e| e.to_string())?)
@@ -270,6 +270,10 @@ fn demo(keep: bool) -> Result<(), String> {
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
 
+    if which("java") {
+        serve_and_verify(&cluster, &secret_dir)?;
+    }
+
     step("Done");
     if keep {
         println!(
@@ -281,6 +285,85 @@ fn demo(keep: bool) -> Result<(), String> {
     }
     process::stop(&mut operator, Duration::from_secs(10));
     Ok(())
+}
+
+/// A Java TLS service that loads keystore.p12, behind Service shop/web, and the
+/// operator's probe confirming it serves the issued certificate.
+fn serve_and_verify(cluster: &TestCluster, bundle: &Path) -> Result<(), String> {
+    use p12_operator::testenv::netns::TestNet;
+    step("Serving keystore.p12 from a Java TLS server behind Service shop/web");
+    let net = TestNet::create(9).map_err(|e| e.to_string())?;
+    let ip = net.add_host().map_err(|e| e.to_string())?;
+    let ready = bundle.join("java-ready");
+    let _ = std::fs::remove_file(&ready);
+    let source = repo().join("tests/java/TlsEndpoint.java");
+    let mut java = net
+        .command("java")
+        .arg(&source)
+        .arg(bundle.join("keystore.p12"))
+        .arg(bundle.join("keystore-password"))
+        .arg(ip.to_string())
+        .arg("8443")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(bundle.join("java.log")).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("failed to start java: {e}"))?;
+    let began = Instant::now();
+    while !ready.exists() {
+        if began.elapsed() > Duration::from_secs(60) {
+            let _ = java.kill();
+            return Err(format!(
+                "the Java server did not start; see {}",
+                bundle.join("java.log").display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "java tests/java/TlsEndpoint.java keystore.p12 … listening on {ip}:8443 (a test host in network namespace {})",
+        net.name
+    );
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec: {{ports: [{{name: https, port: 443, targetPort: 8443}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: https, port: 8443, protocol: TCP}}]\nendpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n"
+    );
+    let file = bundle.join("web-service.yaml");
+    std::fs::write(&file, manifest).map_err(|e| e.to_string())?;
+    show(
+        cluster,
+        "kubectl",
+        &["apply", "-f", &file.display().to_string()],
+    )?;
+    let result = show(
+        cluster,
+        "kubectl",
+        &[
+            "wait",
+            "-n",
+            "shop",
+            "--for=condition=Verified",
+            "p12cr/web",
+            "--timeout=90s",
+        ],
+    );
+    show(cluster, "kubectl", &["get", "p12cr", "-n", "shop"])?;
+    show(
+        cluster,
+        "kubectl",
+        &[
+            "get",
+            "p12cr",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.probe}",
+        ],
+    )?;
+    println!();
+    let _ = java.kill();
+    let _ = java.wait();
+    result.map(|_| ())
 }
 
 fn cluster() -> Result<(), String> {

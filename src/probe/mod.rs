@@ -8,6 +8,7 @@
 //! in [`client`].
 
 pub mod client;
+pub mod pod;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -177,6 +178,7 @@ impl ProbeResult {
             verified: self.verified,
             served_fingerprint_sha256: self.served_fingerprint_sha256.clone(),
             matches_issued: self.matches_issued.unwrap_or(false),
+            reason: self.reason.as_str().to_string(),
             tls_version: self.tls_version.clone(),
             cipher_suite: self.cipher_suite.clone(),
             handshake_millis: self.handshake_millis,
@@ -256,6 +258,7 @@ impl ProbeReport {
                 .iter()
                 .map(ProbeResult::to_endpoint_result)
                 .collect(),
+            ..ProbeStatus::default()
         }
     }
 }

@@ -6,6 +6,7 @@
 //! one call → write status in one call. Every pass is safe to repeat.
 
 pub mod ca;
+pub mod probe;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,7 +16,8 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
@@ -34,6 +36,7 @@ use crate::bundle::{self, Existing, Material, Verdict, annotations as ann};
 use crate::duration;
 use crate::pki::{self, CertificateAuthority, KeyAlgorithm, Policy, PrivateKey};
 use crate::plan::{self, PasswordSource, Plan};
+use crate::probe::pod as probe_pod;
 use crate::sensitive::SecretString;
 use ca::{CaProblem, CaSettings};
 
@@ -76,6 +79,15 @@ pub struct RunArgs {
     /// Requests reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// Image of probe pods: the operator's own image.
+    #[arg(long, env = "P12_OPERATOR_IMAGE", default_value = concat!("ghcr.io/p12-operator/p12-operator:", env!("CARGO_PKG_VERSION")))]
+    pub probe_image: String,
+    /// Time workloads get to reload a renewed certificate before it is probed.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub probe_grace: Duration,
+    /// Never run probe pods (requests with spec.probe are issued, not verified).
+    #[arg(long)]
+    pub disable_probes: bool,
 }
 
 fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
@@ -136,6 +148,7 @@ struct Checked {
     password: String,
     renew_token: Option<String>,
     renewal_time: Timestamp,
+    serial: String,
 }
 
 pub struct Context {
@@ -151,9 +164,10 @@ pub struct Context {
     checked: Mutex<HashMap<ObjectRef<CertificateRequest>, Checked>>,
     failures: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
     crypto: Semaphore,
+    probe: Option<probe::ProbeState>,
 }
 
-const MANAGER: &str = bundle::MANAGED_BY;
+pub(crate) const MANAGER: &str = bundle::MANAGED_BY;
 
 fn post_params() -> PostParams {
     PostParams {
@@ -400,7 +414,17 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
             Ok(ca) => ca,
             Err(p) => return Ok(Err(refuse(p.reason, p.message))),
         };
-        converge(&cr, &ctx, &plan, &ca).await
+        match converge(&cr, &ctx, &plan, &ca).await? {
+            Ok((mut status, renewal)) => {
+                let next_probe = probe::step(&cr, &ctx, &mut status, &ca.root_pem()).await?;
+                write_status(&ctx, &cr, status).await?;
+                let renew_in = requeue_after(renewal);
+                Ok(Ok(Action::requeue(
+                    next_probe.map_or(renew_in, |p| p.min(renew_in)),
+                )))
+            }
+            Err(r) => Ok::<_, Error>(Err(r)),
+        }
     }
     .await?;
 
@@ -422,12 +446,13 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
     }
 }
 
+/// Makes the Secret serve the plan; returns the status describing it and the renewal time.
 async fn converge(
     cr: &CertificateRequest,
     ctx: &Context,
     plan: &Plan,
     ca: &Arc<CertificateAuthority>,
-) -> Result<Result<Action, Refusal>, Error> {
+) -> Result<Result<(CertificateRequestStatus, Timestamp), Refusal>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let oref = ObjectRef::from_obj(cr);
     let uid = cr.uid().unwrap_or_default();
@@ -477,8 +502,13 @@ async fn converge(
                         .unwrap_or_else(|| "generated".into())
                 && (renew_token.is_none() || last.renew_token == renew_token)
                 && Timestamp::now() < last.renewal_time;
-            if same {
-                return Ok(Ok(requeue_at(last.renewal_time)));
+            let st = cr.status.clone().unwrap_or_default();
+            let status_current = st.serial_number.as_deref() == Some(last.serial.as_str())
+                && status::get(&st.conditions, status::READY).is_some_and(|c| {
+                    c.status == "True" && c.observed_generation == cr.metadata.generation
+                });
+            if same && status_current {
+                return Ok(Ok((st, last.renewal_time)));
             }
         }
     }
@@ -659,6 +689,7 @@ async fn converge(
             },
             renew_token: renew_token.clone(),
             renewal_time: renewal,
+            serial: facts.serial_hex.clone(),
         },
     );
 
@@ -738,8 +769,7 @@ async fn converge(
     status.revision = Some(revision);
     status.failed_attempts = None;
     status.last_failure_time = None;
-    write_status(ctx, cr, status).await?;
-    Ok(Ok(requeue_at(renewal)))
+    Ok(Ok((status, renewal)))
 }
 
 fn describe(reason: &str) -> &'static str {
@@ -773,10 +803,10 @@ fn conflict(plan: &Plan, why: &str) -> Refusal {
     )
 }
 
-fn requeue_at(t: Timestamp) -> Action {
+fn requeue_after(t: Timestamp) -> Duration {
     let secs = t.duration_since(Timestamp::now()).as_secs_f64().max(1.0);
     // Tokio timers handle long sleeps; cap so a changed clock is noticed daily.
-    Action::requeue(Duration::from_secs_f64(secs.min(86_400.0)))
+    Duration::from_secs_f64(secs.min(86_400.0))
 }
 
 enum IssueError {
@@ -825,7 +855,7 @@ impl SigningPolicy for Policy {
     }
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     cr: &CertificateRequest,
     type_: EventType,
@@ -939,6 +969,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::error!(reason = p.reason, message = %p.message, "no usable CA; requests will report it until it is fixed")
         }
     }
+    let (pod_reader, pod_writer) = reflector::store::<Pod>();
     let instance = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));
     let ctx = Arc::new(Context {
@@ -963,16 +994,65 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(2),
         ),
+        probe: (!args.disable_probes).then(|| {
+            probe::ProbeState::new(
+                probe::ProbeConfig {
+                    image: args.probe_image.clone(),
+                    grace: args.probe_grace,
+                },
+                pod_reader.clone(),
+            )
+        }),
     });
 
-    let (crs, secrets): (Api<CertificateRequest>, Api<PartialObjectMeta<Secret>>) =
-        match &args.watch_namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+    let (crs, secrets, pods, slices): (
+        Api<CertificateRequest>,
+        Api<PartialObjectMeta<Secret>>,
+        Api<Pod>,
+        Api<PartialObjectMeta<EndpointSlice>>,
+    ) = match &args.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    // Probe pods (ours only, by label) and EndpointSlice metadata trigger probes.
+    let probe_selector = format!(
+        "{}={},{}={}",
+        probe_pod::COMPONENT_LABEL,
+        probe_pod::COMPONENT,
+        bundle::MANAGED_BY_LABEL,
+        bundle::MANAGED_BY
+    );
+    let pod_stream = watcher(
+        pods,
+        watcher::Config::default()
+            .labels(&probe_selector)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(|p| {
+        p.managed_fields_mut().clear();
+    })
+    .reflect(pod_writer)
+    .touched_objects();
+    let ctx5 = ctx.clone();
+    let slice_stream = watcher(
+        slices,
+        watcher::Config::default()
+            .labels("kubernetes.io/service-name")
+            .any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
     let (reader, writer) = reflector::store();
     let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -1033,6 +1113,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
     Controller::for_stream(cr_stream, reader)
         .watches_stream(secret_stream, move |s| ctx4.requests_for(&s))
+        .owns_stream(pod_stream)
+        .watches_stream(slice_stream, move |s: PartialObjectMeta<EndpointSlice>| {
+            let service = s
+                .labels()
+                .get("kubernetes.io/service-name")
+                .cloned()
+                .unwrap_or_default();
+            match &ctx5.probe {
+                Some(p) => p.endpoints_changed(&s.namespace().unwrap_or_default(), &service),
+                None => Vec::new(),
+            }
+        })
         .reconcile_all_on(tokio_stream_from(all_rx))
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .shutdown_on_signal()

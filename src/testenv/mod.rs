@@ -9,6 +9,7 @@
 
 pub mod certs;
 pub mod controlplane;
+pub mod netns;
 pub mod podrunner;
 pub mod process;
 pub mod tools;

@@ -1,0 +1,1114 @@
+//! The Helm chart and the plain manifests rendered from it: they lint, reject
+//! bad values, stay in step with the generated CRD, and render a hardened
+//! operator. Installed into the local control plane — where the local pod runner
+//! runs the operator's pod with the chart's ServiceAccount token, so the operator
+//! has exactly the chart's RBAC — they issue certificates, fail visibly when a
+//! needed rule is missing, and leave nothing behind when removed.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use p12_operator::api::CertificateRequest;
+use p12_operator::testenv::tools;
+use serde_json::Value;
+use support::{cluster, eventually, kubectl_apply};
+
+/// The namespace and release name the chart is installed with, as in the docs.
+const NAMESPACE: &str = "p12-operator";
+const RELEASE: &str = "p12-operator";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:p12-operator:p12-operator";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> String {
+    repo().join("charts/p12-operator").display().to_string()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn succeed(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Without a cluster: lint, schema, generated files, rendered objects.
+// ---------------------------------------------------------------------------
+
+/// `helm` for commands that need no cluster, with its caches in a throwaway folder.
+fn offline_helm(args: &[&str]) -> Output {
+    let bin = tools::ensure_built().unwrap_or_else(|e| panic!("{e}"));
+    let home = tempfile::tempdir().unwrap();
+    Command::new(bin.join("helm"))
+        .args(args)
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
+/// `helm template` of the chart into namespace p12-operator, with `--set` values.
+fn render(sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.as_str(),
+        "--namespace",
+        NAMESPACE,
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let yaml = succeed(offline_helm(&args), &format!("helm template {sets:?}"));
+    serde_saphyr::from_multiple(&yaml)
+        .unwrap_or_else(|e| panic!("helm template {sets:?} is not YAML: {e}"))
+}
+
+fn objects<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn the_one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = objects(docs, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind}, found {}",
+        found.len()
+    );
+    found[0]
+}
+
+fn deployment(docs: &[Value]) -> Deployment {
+    serde_json::from_value(the_one(docs, "Deployment").clone())
+        .expect("the Deployment is a valid apps/v1 Deployment")
+}
+
+fn args_of(d: &Deployment) -> Vec<String> {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+}
+
+fn rules_of(role: &Value) -> Vec<PolicyRule> {
+    serde_json::from_value(role["rules"].clone()).unwrap()
+}
+
+fn verbs_on(rules: &[PolicyRule], group: &str, resource: &str) -> Vec<String> {
+    rules
+        .iter()
+        .filter(|r| {
+            r.api_groups
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|g| g == group)
+        })
+        .filter(|r| {
+            r.resources
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|x| x == resource)
+        })
+        .flat_map(|r| r.verbs.clone())
+        .collect()
+}
+
+/// Every optional part switched on, so lint and render see every template branch.
+const EVERYTHING_ON: &str = "replicas=2,leaderElection.enabled=true,admin.enabled=true,metrics.serviceMonitor.enabled=true,\
+networkPolicy.enabled=true,networkPolicy.apiServer.cidrs={10.0.0.1/32},watchNamespace=shop,ca.existingSecret=corp-ca,\
+policy.denyWildcards=true,policy.denyIpSans=true,podAnnotations.a=b,nodeSelector.kubernetes\\.io/os=linux,priorityClassName=high";
+
+#[test]
+fn the_chart_passes_helm_lint_strict_with_defaults_and_with_every_option_on() {
+    let chart = chart();
+    for sets in [vec![], vec!["--set", EVERYTHING_ON]] {
+        let mut args = vec!["lint", "--strict", chart.as_str()];
+        args.extend(sets.iter().copied());
+        let out = succeed(offline_helm(&args), &format!("helm lint --strict {sets:?}"));
+        assert!(
+            out.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{out}"
+        );
+    }
+    let docs = render(&[EVERYTHING_ON]);
+    for kind in [
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceMonitor",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            !objects(&docs, kind).is_empty(),
+            "every option on renders a {kind}"
+        );
+    }
+}
+
+#[test]
+fn the_schema_rejects_bad_values_naming_the_key_and_the_rule() {
+    let chart = chart();
+    let cases = [
+        (
+            "logFormat=xml",
+            "at '/logFormat': value must be one of 'text', 'json'",
+        ),
+        ("replicas=0", "at '/replicas': minimum: got 0, want 1"),
+        (
+            "policy.maxDuration=90d",
+            "at '/policy/maxDuration': '90d' does not match pattern",
+        ),
+        (
+            "ca.duration=10y",
+            "at '/ca/duration': '10y' does not match pattern",
+        ),
+        (
+            "ca.keyAlgorithm=DSA",
+            "at '/ca/keyAlgorithm': value must be one of 'ECDSA-P256'",
+        ),
+        (
+            "concurrency=fast",
+            "at '/concurrency': got string, want integer",
+        ),
+        (
+            "logLevel=verbose",
+            "at '/logLevel': 'verbose' does not match pattern",
+        ),
+        ("watchNamespace=Shop", "at '/watchNamespace'"),
+        ("imagee.tag=x", "additional properties 'imagee' not allowed"),
+        (
+            "image.tagg=x",
+            "at '/image': additional properties 'tagg' not allowed",
+        ),
+        (
+            "policy.denyWildcard=true",
+            "at '/policy': additional properties 'denyWildcard' not allowed",
+        ),
+    ];
+    for (set, message) in cases {
+        let out = offline_helm(&["template", RELEASE, &chart, "--set", set]);
+        let t = text(&out);
+        assert!(!out.status.success(), "--set {set} must be rejected");
+        assert!(
+            t.contains("values don't meet the specifications of the schema"),
+            "--set {set}: {t}"
+        );
+        assert!(
+            t.contains(message),
+            "--set {set} should say {message:?}, said: {t}"
+        );
+    }
+}
+
+#[test]
+fn combinations_the_schema_cannot_express_fail_with_what_to_change() {
+    let chart = chart();
+    let cases = [
+        (
+            "replicas=3",
+            "replicas is 3 but leaderElection.enabled is false",
+        ),
+        (
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.enabled needs admin.enabled=true",
+        ),
+        (
+            "serviceAccount.create=false",
+            "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+    ];
+    for (set, message) in cases {
+        let out = offline_helm(&["template", RELEASE, &chart, "--set", set]);
+        assert!(
+            !out.status.success() && text(&out).contains(message),
+            "--set {set} should fail with {message:?}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn the_charts_crd_is_a_byte_copy_of_the_generated_crd() {
+    let generated =
+        std::fs::read(repo().join("crds/p12-operator.io_certificaterequests.yaml")).unwrap();
+    let in_chart =
+        std::fs::read(repo().join("charts/p12-operator/crds/certificaterequests.yaml")).unwrap();
+    assert!(
+        generated == in_chart,
+        "charts/p12-operator/crds/certificaterequests.yaml differs from crds/; regenerate it with:\n  scripts/render-deploy"
+    );
+}
+
+#[test]
+fn the_deploy_manifest_is_a_fresh_render_of_the_chart() {
+    let bin = tools::ensure_built().unwrap_or_else(|e| panic!("{e}"));
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/render-deploy"))
+        .arg("--print")
+        .env("HELM", bin.join("helm"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .output()
+        .unwrap();
+    let fresh = succeed(out, "scripts/render-deploy --print");
+    let committed = std::fs::read_to_string(repo().join("deploy/p12-operator.yaml")).unwrap();
+    assert!(
+        committed == fresh,
+        "deploy/p12-operator.yaml is out of date with charts/p12-operator; regenerate it with:\n  scripts/render-deploy"
+    );
+
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&committed).unwrap();
+    assert_eq!(
+        (
+            docs[0]["kind"].as_str(),
+            docs[0]["metadata"]["name"].as_str()
+        ),
+        (Some("Namespace"), Some(NAMESPACE))
+    );
+    assert_eq!(
+        docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    assert_eq!(
+        docs[1]["kind"], "CustomResourceDefinition",
+        "the CRD comes right after the Namespace"
+    );
+    for d in &docs[2..] {
+        let cluster_scoped = matches!(
+            d["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        );
+        let ns = d["metadata"]["namespace"].as_str();
+        assert!(
+            cluster_scoped || ns == Some(NAMESPACE),
+            "{} {} has namespace {ns:?}",
+            d["kind"],
+            d["metadata"]["name"]
+        );
+    }
+}
+
+#[test]
+fn the_operator_pod_is_hardened_by_default() {
+    let d = deployment(&render(&[]));
+    let pod = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let psc = pod.security_context.clone().expect("a pod securityContext");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(65532));
+    assert_eq!(
+        psc.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(true),
+        "the operator needs its token for the API"
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("p12-operator"));
+    assert_eq!(pod.containers.len(), 1);
+
+    let c = &pod.containers[0];
+    let sc = c
+        .security_context
+        .clone()
+        .expect("a container securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    let resources = c.resources.clone().expect("resources");
+    for (what, set) in [
+        ("requests", resources.requests),
+        ("limits", resources.limits),
+    ] {
+        let set = set.unwrap_or_else(|| panic!("resource {what}"));
+        assert!(
+            set.contains_key("cpu") && set.contains_key("memory"),
+            "cpu and memory {what}: {set:?}"
+        );
+    }
+
+    assert_eq!(
+        c.image.as_deref(),
+        Some("ghcr.io/p12-operator/p12-operator:0.1.0"),
+        "tag defaults to appVersion"
+    );
+    assert_eq!(c.command.clone().unwrap(), ["/p12-operator"]);
+    let env = c.env.clone().unwrap_or_default();
+    for (name, field) in [
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_NAME", "metadata.name"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("env {name}"));
+        let path = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(path, Some(field), "{name} comes from the downward API");
+    }
+    let strategy = d
+        .spec
+        .as_ref()
+        .unwrap()
+        .strategy
+        .as_ref()
+        .and_then(|s| s.type_.clone());
+    assert_eq!(
+        strategy.as_deref(),
+        Some("Recreate"),
+        "without leader election the old pod stops before the new one starts"
+    );
+}
+
+#[test]
+fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
+    let docs = render(&[]);
+    let rules = rules_of(the_one(&docs, "ClusterRole"));
+    assert!(
+        objects(&docs, "Role").is_empty(),
+        "leader election is off, so no Lease Role"
+    );
+    for r in &rules {
+        let all = [
+            r.api_groups.clone().unwrap_or_default(),
+            r.resources.clone().unwrap_or_default(),
+            r.verbs.clone(),
+        ]
+        .concat();
+        assert!(!all.iter().any(|x| x.contains('*')), "no wildcards: {r:?}");
+    }
+    assert_eq!(
+        verbs_on(&rules, "", "secrets"),
+        ["get", "list", "watch", "create", "update"]
+    );
+    assert_eq!(
+        verbs_on(&rules, "p12-operator.io", "certificaterequests"),
+        ["get", "list", "watch"]
+    );
+    assert_eq!(
+        verbs_on(&rules, "p12-operator.io", "certificaterequests/status"),
+        ["patch"]
+    );
+    assert_eq!(
+        verbs_on(&rules, "events.k8s.io", "events"),
+        ["create", "patch"]
+    );
+    for resource in [
+        "namespaces",
+        "clusterroles",
+        "customresourcedefinitions",
+        "nodes",
+        "serviceaccounts",
+    ] {
+        assert!(
+            rules.iter().all(|r| !r
+                .resources
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|x| x == resource)),
+            "nothing on {resource}"
+        );
+    }
+    let binding = the_one(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["subjects"][0]["name"], "p12-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
+}
+
+#[test]
+fn flags_the_current_operator_lacks_are_passed_only_when_switched_on() {
+    let d = deployment(&render(&[]));
+    let args = args_of(&d);
+    assert_eq!(args[0], "run");
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--admin-bind-address") || a == "--leader-elect"),
+        "{args:?}"
+    );
+    let c = &d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert!(
+        c.liveness_probe.is_none() && c.readiness_probe.is_none(),
+        "no probes without the admin port"
+    );
+
+    let docs = render(&["admin.enabled=true,leaderElection.enabled=true,replicas=2"]);
+    let d = deployment(&docs);
+    let args = args_of(&d);
+    assert!(
+        args.contains(&"--admin-bind-address=0.0.0.0:8080".to_string())
+            && args.contains(&"--leader-elect".to_string()),
+        "{args:?}"
+    );
+    let c = &d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        (
+            path(&c.liveness_probe).as_deref(),
+            path(&c.readiness_probe).as_deref()
+        ),
+        (Some("/livez"), Some("/readyz"))
+    );
+    assert_eq!(
+        d.spec
+            .as_ref()
+            .unwrap()
+            .strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref()),
+        Some("RollingUpdate")
+    );
+    let lease = objects(&docs, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "p12-operator-leader-election")
+        .expect("a Lease Role");
+    let rules = rules_of(lease);
+    assert_eq!(
+        verbs_on(&rules, "coordination.k8s.io", "leases"),
+        ["create", "get", "update"]
+    );
+    assert_eq!(
+        the_one(&docs, "Service")["spec"]["ports"][0]["targetPort"],
+        "admin"
+    );
+}
+
+#[test]
+fn watch_namespace_swaps_the_cluster_role_for_roles_in_two_namespaces() {
+    let default_rules = rules_of(the_one(&render(&[]), "ClusterRole"));
+    let docs = render(&["watchNamespace=shop"]);
+    assert!(
+        objects(&docs, "ClusterRole").is_empty() && objects(&docs, "ClusterRoleBinding").is_empty()
+    );
+    let roles = objects(&docs, "Role");
+    let watched = roles
+        .iter()
+        .find(|r| r["metadata"]["namespace"] == "shop")
+        .expect("a Role in the watched namespace");
+    assert_eq!(
+        rules_of(watched),
+        default_rules,
+        "the same rules, namespaced"
+    );
+    let ca = roles
+        .iter()
+        .find(|r| r["metadata"]["namespace"] == NAMESPACE)
+        .expect("a Role for the CA Secret");
+    assert_eq!(ca["rules"][0]["resourceNames"][0], "p12-operator-ca");
+    assert!(args_of(&deployment(&docs)).contains(&"--watch-namespace=shop".to_string()));
+}
+
+// ---------------------------------------------------------------------------
+// Installed into the local control plane.
+// ---------------------------------------------------------------------------
+
+/// One operator at a time: two would both write the same requests' Secrets.
+static ONE_OPERATOR: Mutex<()> = Mutex::new(());
+
+fn one_operator() -> MutexGuard<'static, ()> {
+    ONE_OPERATOR.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn kubectl(args: &[&str]) -> Output {
+    cluster()
+        .control_plane()
+        .kubectl()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn helm(args: &[&str]) -> Output {
+    cluster()
+        .control_plane()
+        .helm()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The operator's namespace, labelled like deploy/ labels it: pods must meet
+/// the restricted Pod Security Standard.
+fn prepare_namespace() {
+    let out = kubectl(&["create", "namespace", NAMESPACE]);
+    assert!(
+        out.status.success() || text(&out).contains("AlreadyExists"),
+        "{}",
+        text(&out)
+    );
+    succeed(
+        kubectl(&[
+            "label",
+            "namespace",
+            NAMESPACE,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "--overwrite",
+        ]),
+        "labelling the namespace",
+    );
+}
+
+/// An installation; removed when dropped (also when the test panics), so the
+/// next test starts with no operator running.
+struct Installed {
+    helm_release: bool,
+    removed: bool,
+}
+
+impl Installed {
+    fn helm(sets: &[&str]) -> Installed {
+        prepare_namespace();
+        let chart = chart();
+        let mut args = vec!["install", RELEASE, chart.as_str(), "--namespace", NAMESPACE];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let notes = succeed(helm(&args), "helm install");
+        assert!(
+            notes.contains("kind: CertificateRequest"),
+            "NOTES tell what to apply next: {notes}"
+        );
+        Installed {
+            helm_release: true,
+            removed: false,
+        }
+    }
+
+    fn manifests() -> Installed {
+        let file = repo()
+            .join("deploy/p12-operator.yaml")
+            .display()
+            .to_string();
+        succeed(
+            kubectl(&["apply", "--server-side", "-f", &file]),
+            "kubectl apply -f deploy/p12-operator.yaml",
+        );
+        Installed {
+            helm_release: false,
+            removed: false,
+        }
+    }
+
+    /// `helm uninstall`, or the labelled delete docs/install.md gives for deploy/.
+    fn remove(&mut self) -> Output {
+        self.removed = true;
+        if self.helm_release {
+            helm(&[
+                "uninstall",
+                RELEASE,
+                "--namespace",
+                NAMESPACE,
+                "--ignore-not-found",
+            ])
+        } else {
+            let file = repo()
+                .join("deploy/p12-operator.yaml")
+                .display()
+                .to_string();
+            kubectl(&[
+                "delete",
+                "-f",
+                &file,
+                "-l",
+                "app.kubernetes.io/name=p12-operator",
+                "--ignore-not-found",
+            ])
+        }
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = self.remove();
+        }
+        for _ in 0..300 {
+            if operator_processes(None).is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Processes the local pod runner started for pods of the operator's namespace
+/// on this test binary's control plane (optionally: of one pod).
+fn operator_processes(pod: Option<&str>) -> Vec<u32> {
+    let port = format!("KUBERNETES_SERVICE_PORT={}", cluster().control_plane().port);
+    let ns = format!("POD_NAMESPACE={NAMESPACE}");
+    let name = pod.map(|p| format!("POD_NAME={p}"));
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let vars: Vec<String> = env
+                .split(|b| *b == 0)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            vars.contains(&port)
+                && vars.contains(&ns)
+                && name.as_ref().is_none_or(|n| vars.contains(n))
+        })
+        .collect()
+}
+
+/// The one running operator pod whose args satisfy `want`.
+async fn operator_pod(client: &Client, want: impl Fn(&[String]) -> bool) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let lp = ListParams::default()
+        .labels("app.kubernetes.io/name=p12-operator,app.kubernetes.io/component=controller");
+    let what = format!(
+        "one running operator pod in {NAMESPACE} (if none: kubectl -n {NAMESPACE} describe replicaset)"
+    );
+    eventually(WAIT, &what, || {
+        let (pods, lp) = (pods.clone(), lp.clone());
+        let want = &want;
+        async move {
+            let list = pods.list(&lp).await.ok()?.items;
+            let [pod] = list.as_slice() else { return None };
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let args = pod.spec.as_ref()?.containers[0]
+                .args
+                .clone()
+                .unwrap_or_default();
+            (running && pod.metadata.deletion_timestamp.is_none() && want(&args))
+                .then(|| pod.clone())
+        }
+    })
+    .await
+}
+
+fn operator_log(pod: &Pod) -> String {
+    let path = cluster()
+        .work_dir
+        .join("pods")
+        .join(format!("{NAMESPACE}_{}", pod.name_any()))
+        .join("operator.log");
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn request(name: &str) -> String {
+    format!(
+        "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata:\n  name: {name}\nspec:\n  secretName: {name}-tls\n  dnsNames: [{name}.example.svc]\n"
+    )
+}
+
+fn apply(ns: &str, yaml: &str) {
+    let out = kubectl_apply(yaml, ns);
+    assert!(out.status.success(), "kubectl apply failed: {}", text(&out));
+}
+
+fn is_ready(cr: &CertificateRequest) -> bool {
+    let Some(status) = &cr.status else {
+        return false;
+    };
+    status.conditions.iter().any(|c| {
+        c.type_ == "Ready" && c.status == "True" && c.observed_generation == cr.metadata.generation
+    })
+}
+
+/// Waits until the request is Ready for its current generation.
+async fn ready(client: &Client, ns: &str, name: &str) -> CertificateRequest {
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, &format!("{ns}/{name} to be Ready"), || {
+        let api = api.clone();
+        async move { api.get(name).await.ok().filter(is_ready) }
+    })
+    .await
+}
+
+fn serial(cr: &CertificateRequest) -> String {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.serial_number.clone())
+        .expect("a Ready request has a serial")
+}
+
+/// Whether the operator's ServiceAccount may `verb` `resource` in `ns`, per the API server.
+fn service_account_can(verb: &str, resource: &str, ns: &str) -> bool {
+    let out = kubectl(&[
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        "--as",
+        SERVICE_ACCOUNT,
+        "-n",
+        ns,
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Names of the objects of `kind`, in any namespace, labelled as this chart's.
+fn chart_objects(kind: &str) -> Vec<String> {
+    let args = [
+        "get",
+        kind,
+        "--all-namespaces",
+        "-l",
+        "app.kubernetes.io/name=p12-operator",
+        "-o",
+        "name",
+    ];
+    succeed(kubectl(&args), &format!("kubectl get {kind}"))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Nothing of the installation is left: workload, pods, processes, RBAC, Services.
+async fn assert_no_orphans() {
+    eventually(
+        WAIT,
+        "every object and process of the installation to be gone",
+        || async {
+            let kinds = [
+                "deployments",
+                "replicasets",
+                "pods",
+                "serviceaccounts",
+                "services",
+                "roles",
+                "rolebindings",
+                "clusterroles",
+                "clusterrolebindings",
+            ];
+            let mut left: Vec<String> = kinds.iter().flat_map(|k| chart_objects(k)).collect();
+            left.extend(
+                operator_processes(None)
+                    .iter()
+                    .map(|p| format!("process {p}")),
+            );
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn helm_install_issues_with_only_the_charts_rbac_and_upgrade_and_uninstall_leave_no_orphans()
+{
+    let _one = one_operator();
+    let client = cluster().client().await.unwrap();
+    let mut install = Installed::helm(&[]);
+    let first = operator_pod(&client, |_| true).await;
+    assert_eq!(
+        first.spec.as_ref().unwrap().service_account_name.as_deref(),
+        Some("p12-operator")
+    );
+
+    let shop = cluster().namespace(&client, "chart-helm").await.unwrap();
+    assert!(
+        service_account_can("create", "secrets", &shop)
+            && !service_account_can("delete", "secrets", &shop)
+    );
+    apply(&shop, &request("web"));
+    let web = ready(&client, &shop, "web").await;
+    let secret = Api::<Secret>::namespaced(client.clone(), &shop)
+        .get("web-tls")
+        .await
+        .unwrap();
+    assert!(secret.data.as_ref().unwrap().contains_key("keystore.p12"));
+    assert_eq!(secret.owner_references()[0].uid, web.uid().unwrap());
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+            .get_opt("p12-operator-ca")
+            .await
+            .unwrap()
+            .is_some(),
+        "the CA Secret"
+    );
+
+    // An upgrade replaces the pod (Recreate: the old one stops first); the new
+    // one carries the new flag, keeps the CA and does not re-issue.
+    let chart = chart();
+    succeed(
+        helm(&[
+            "upgrade",
+            RELEASE,
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--set",
+            "logLevel=debug",
+        ]),
+        "helm upgrade",
+    );
+    let second = operator_pod(&client, |args| {
+        args.iter().any(|a| a == "--log-level=debug")
+    })
+    .await;
+    assert_ne!(first.name_any(), second.name_any());
+    eventually(WAIT, "the old operator process to stop", || async {
+        operator_processes(Some(&first.name_any()))
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    apply(&shop, &request("api"));
+    ready(&client, &shop, "api").await;
+    let crs: Api<CertificateRequest> = Api::namespaced(client.clone(), &shop);
+    assert_eq!(
+        serial(&crs.get("web").await.unwrap()),
+        serial(&web),
+        "the upgrade did not re-issue"
+    );
+    assert!(
+        operator_log(&second).contains("DEBUG"),
+        "the new pod logs at debug level"
+    );
+
+    // Uninstall removes everything the chart made ...
+    succeed(install.remove(), "helm uninstall");
+    assert_no_orphans().await;
+    // ... and keeps what users own: the CRD, requests, their Secrets, the CA.
+    succeed(
+        kubectl(&["get", "crd", "certificaterequests.p12-operator.io"]),
+        "the CRD outlives the release",
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &shop);
+    let kept = secrets.get("web-tls").await.unwrap();
+    assert_eq!(
+        kept.annotations().get("p12-operator.io/serial"),
+        secret.annotations().get("p12-operator.io/serial")
+    );
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+            .get_opt("p12-operator-ca")
+            .await
+            .unwrap()
+            .is_some(),
+        "the CA is kept"
+    );
+    // A request's Secret lives until the request is deleted (garbage collector, no operator needed).
+    crs.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "web-tls to be deleted with its request", || {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt("web-tls")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_create_on_secrets_issuance_fails_with_a_forbidden_error_and_recovers_when_restored()
+ {
+    let _one = one_operator();
+    let client = cluster().client().await.unwrap();
+    let _install = Installed::helm(&[]);
+    let pod = operator_pod(&client, |_| true).await;
+    let shop = cluster().namespace(&client, "chart-rbac").await.unwrap();
+    apply(&shop, &request("before"));
+    ready(&client, &shop, "before").await;
+
+    // Drop `create` from the ClusterRole's Secret rule.
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let original = roles.get(RELEASE).await.unwrap().rules.unwrap();
+    let mut cut = roles.get(RELEASE).await.unwrap();
+    for rule in cut.rules.as_mut().unwrap() {
+        if rule
+            .resources
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r == "secrets")
+        {
+            rule.verbs.retain(|v| v != "create");
+        }
+    }
+    roles
+        .replace(RELEASE, &PostParams::default(), &cut)
+        .await
+        .unwrap();
+    eventually(WAIT, "the API server to apply the cut rule", || async {
+        (!service_account_can("create", "secrets", &shop)).then_some(())
+    })
+    .await;
+
+    apply(&shop, &request("after"));
+    let forbidden = format!(r#"User "{SERVICE_ACCOUNT}" cannot create resource "secrets""#);
+    let line = eventually(WAIT, "the operator to log the forbidden create", || {
+        let log = operator_log(&pod);
+        let line = log
+            .lines()
+            .find(|l| l.contains(&forbidden) && l.contains("after"))
+            .map(str::to_string);
+        async move { line }
+    })
+    .await;
+    assert!(
+        line.contains("WARN") && line.contains("KubeError"),
+        "a warning with its category: {line}"
+    );
+    let crs: Api<CertificateRequest> = Api::namespaced(client.clone(), &shop);
+    assert!(
+        !is_ready(&crs.get("after").await.unwrap()),
+        "nothing was issued"
+    );
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &shop)
+            .get_opt("after-tls")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Restoring the rule lets the same request through, without a restart.
+    let mut restored = roles.get(RELEASE).await.unwrap();
+    restored.rules = Some(original);
+    roles
+        .replace(RELEASE, &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "the API server to apply the restored rule",
+        || async { service_account_can("create", "secrets", &shop).then_some(()) },
+    )
+    .await;
+    // Touch the request so it is retried now rather than after its back-off.
+    let touch = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+    crs.patch("after", &PatchParams::default(), &Patch::Merge(touch))
+        .await
+        .unwrap();
+    ready(&client, &shop, "after").await;
+    assert_eq!(
+        operator_pod(&client, |_| true).await.name_any(),
+        pod.name_any(),
+        "the same pod recovered"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_apply_of_the_deploy_manifest_issues_and_its_labelled_delete_leaves_no_orphans() {
+    let _one = one_operator();
+    let client = cluster().client().await.unwrap();
+    let mut install = Installed::manifests();
+    operator_pod(&client, |_| true).await;
+    let shop = cluster().namespace(&client, "chart-deploy").await.unwrap();
+    apply(&shop, &request("web"));
+    ready(&client, &shop, "web").await;
+
+    let out = install.remove();
+    succeed(
+        out,
+        "kubectl delete -f deploy/p12-operator.yaml -l app.kubernetes.io/name=p12-operator",
+    );
+    assert_no_orphans().await;
+    succeed(
+        kubectl(&["get", "crd", "certificaterequests.p12-operator.io"]),
+        "the CRD is kept",
+    );
+    succeed(
+        kubectl(&["get", "namespace", NAMESPACE]),
+        "the namespace is kept",
+    );
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &shop)
+            .get_opt("web-tls")
+            .await
+            .unwrap()
+            .is_some(),
+        "issued Secrets are kept"
+    );
+}
+
+#[tokio::test]
+async fn with_watch_namespace_the_operator_issues_with_namespaced_roles_only() {
+    let _one = one_operator();
+    let client = cluster().client().await.unwrap();
+    let shop = cluster().namespace(&client, "chart-watch").await.unwrap();
+    let mut install = Installed::helm(&[&format!("watchNamespace={shop}")]);
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt(RELEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "no ClusterRole"
+    );
+    assert!(
+        !service_account_can("list", "secrets", "default"),
+        "no access outside the watched namespace"
+    );
+    operator_pod(&client, |args| {
+        args.contains(&format!("--watch-namespace={shop}"))
+    })
+    .await;
+    apply(&shop, &request("web"));
+    ready(&client, &shop, "web").await;
+    succeed(install.remove(), "helm uninstall");
+    assert_no_orphans().await;
+}
