@@ -31,6 +31,14 @@ pub enum Command {
     Probe(crate::probe::ProbeArgs),
     /// Describe a PKCS#12 bundle from a file or a Secret: subject, names, validity, chain, fingerprint — never the key.
     Inspect(crate::inspect::InspectArgs),
+    /// Summarise a CertificateRequest: spec, conditions, certificate, Secret (never its values), probe results and recent Events.
+    Status(crate::commands::StatusArgs),
+    /// Force a re-issue of CertificateRequests now (sets p12-operator.io/renew-requested-at).
+    Renew(crate::commands::RenewArgs),
+    /// Ask the operator to probe a request's Service now (sets p12-operator.io/probe-requested-at).
+    ProbeNow(crate::commands::ProbeNowArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completion(crate::commands::CompletionArgs),
 }
 
 /// Where fatal errors are written for Kubernetes to show as the container's

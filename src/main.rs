@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use p12_operator::cli::{Cli, Command, termination_log_path};
-use p12_operator::{api, inspect, probe, reconciler, telemetry};
+use p12_operator::{api, commands, inspect, probe, reconciler, telemetry};
 
 fn main() {
     let cli = Cli::parse();
@@ -21,6 +21,10 @@ fn main() {
         Command::Run(args) => runtime().block_on(reconciler::run(args)).map(|()| 0),
         Command::Probe(args) => runtime().block_on(probe::main(args)),
         Command::Inspect(args) => runtime().block_on(inspect::main(args)),
+        Command::Status(args) => runtime().block_on(commands::status(args)),
+        Command::Renew(args) => runtime().block_on(commands::renew(args)),
+        Command::ProbeNow(args) => runtime().block_on(commands::probe_now(args)),
+        Command::Completion(args) => commands::completion(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

@@ -387,6 +387,11 @@ fn the_operator_pod_is_hardened_by_default() {
             .map(|f| f.field_path.as_str());
         assert_eq!(path, Some(field), "{name} comes from the downward API");
     }
+    let image = env
+        .iter()
+        .find(|e| e.name == "P12_OPERATOR_IMAGE")
+        .and_then(|e| e.value.clone());
+    assert_eq!(image, c.image, "probe pods run the operator's own image");
     let strategy = d
         .spec
         .as_ref()
@@ -434,6 +439,11 @@ fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
         verbs_on(&rules, "events.k8s.io", "events"),
         ["create", "patch"]
     );
+    assert_eq!(
+        verbs_on(&rules, "", "pods"),
+        ["create", "get", "list", "watch", "delete"],
+        "probe pods"
+    );
     for resource in [
         "namespaces",
         "clusterroles",
@@ -454,6 +464,23 @@ fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
     let binding = the_one(&docs, "ClusterRoleBinding");
     assert_eq!(binding["subjects"][0]["name"], "p12-operator");
     assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
+}
+
+#[test]
+fn without_probes_the_operator_may_watch_pods_but_not_create_them() {
+    let docs = render(&["probes.enabled=false"]);
+    let rules = rules_of(the_one(&docs, "ClusterRole"));
+    assert_eq!(verbs_on(&rules, "", "pods"), ["get", "list", "watch"]);
+    assert!(
+        verbs_on(&rules, "", "services").is_empty(),
+        "no probed Services to read"
+    );
+    let args = args_of(&deployment(&docs));
+    assert!(
+        args.contains(&"--disable-probes".to_string())
+            && !args.iter().any(|a| a.starts_with("--probe-grace")),
+        "{args:?}"
+    );
 }
 
 #[test]

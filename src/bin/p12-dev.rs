@@ -141,16 +141,24 @@ fn demo(keep: bool) -> Result<(), String> {
     )?;
     let log = cp.dir.join("operator.log");
     let mut cmd = Command::new(operator_binary()?);
-    cmd.args(["run", "--namespace", "p12-operator", "--probe-grace", "2s"])
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-        .stderr(
-            std::fs::File::options()
-                .append(true)
-                .open(&log)
-                .map_err(|e| e.to_string())?,
-        );
+    cmd.args([
+        "run",
+        "--namespace",
+        "p12-operator",
+        "--probe-grace",
+        "2s",
+        "--admin-bind-address",
+        "127.0.0.1:0",
+    ])
+    .env("KUBECONFIG", &cluster.kubeconfig)
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+    .stderr(
+        std::fs::File::options()
+            .append(true)
+            .open(&log)
+            .map_err(|e| e.to_string())?,
+    );
     let mut operator =
         process::spawn_tied(cmd).map_err(|e| format!("failed to start the operator: {e}"))?;
     println!("operator log: {}", log.display());

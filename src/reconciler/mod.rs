@@ -88,6 +88,15 @@ pub struct RunArgs {
     /// Never run probe pods (requests with spec.probe are issued, not verified).
     #[arg(long)]
     pub disable_probes: bool,
+    /// Address of the admin endpoints (/metrics, /livez, /readyz); port 0 picks one.
+    #[arg(long, env = "P12_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub admin_bind_address: std::net::SocketAddr,
+    /// Run only while holding the Lease --lease-name in --namespace (for several replicas).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "p12-operator")]
+    pub lease_name: String,
 }
 
 fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
@@ -117,6 +126,10 @@ pub enum Error {
     Keystore(#[from] crate::keystore::KeystoreError),
     #[error("failed to issue the certificate: {0}")]
     Pki(#[from] pki::PkiError),
+    #[error("{0}")]
+    NotLeader(#[from] crate::leader::NotLeader),
+    #[error("the Secret index is still syncing")]
+    NotSynced,
 }
 
 impl Error {
@@ -126,6 +139,8 @@ impl Error {
             Error::Task(_) => "TaskFailed",
             Error::Keystore(_) => "KeystoreFailed",
             Error::Pki(_) => "IssuanceFailed",
+            Error::NotLeader(_) => "NotLeader",
+            Error::NotSynced => "NotSynced",
         }
     }
 }
@@ -165,6 +180,9 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
     crypto: Semaphore,
     probe: Option<probe::ProbeState>,
+    pub leadership: crate::leader::Leadership,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    secrets_synced: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) const MANAGER: &str = bundle::MANAGED_BY;
@@ -243,7 +261,10 @@ impl Context {
             watcher::Event::Delete(s) => {
                 secrets.remove(&(s.namespace().unwrap_or_default(), s.name_any()));
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::InitDone => self
+                .secrets_synced
+                .store(true, std::sync::atomic::Ordering::Release),
+            watcher::Event::Init => {}
         }
     }
 
@@ -391,8 +412,24 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
     if cr.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    if !ctx
+        .secrets_synced
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        // Until every Secret has been listed once, "not in the index" cannot mean "absent".
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let span = tracing::info_span!("reconcile", namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any());
-    reconcile_inner(cr, ctx).instrument(span).await
+    let metrics = ctx.metrics.clone();
+    metrics.reconciles.inc();
+    metrics.in_flight.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(cr, ctx).instrument(span).await;
+    metrics.in_flight.dec();
+    metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
 async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -417,6 +454,7 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
         match converge(&cr, &ctx, &plan, &ca).await? {
             Ok((mut status, renewal)) => {
                 let next_probe = probe::step(&cr, &ctx, &mut status, &ca.root_pem()).await?;
+                record_request_metrics(&ctx, &cr, &status);
                 write_status(&ctx, &cr, status).await?;
                 let renew_in = requeue_after(renewal);
                 Ok(Ok(Action::requeue(
@@ -434,6 +472,17 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
             Ok(action)
         }
         Err(refusal) => {
+            let labels = crate::metrics::Metrics::labels(
+                &cr.namespace().unwrap_or_default(),
+                &cr.name_any(),
+            );
+            ctx.metrics.ready.get_or_create(&labels).set(0);
+            ctx.metrics
+                .reconcile_failures
+                .get_or_create(&crate::metrics::CategoryLabels {
+                    category: refusal.reason.to_string(),
+                })
+                .inc();
             let failures = ctx.failures(&oref) + 1;
             ctx.failures.lock().unwrap().insert(oref, failures);
             report_refusal(&cr, &ctx, &refusal, failures).await?;
@@ -573,6 +622,7 @@ async fn converge(
         Verdict::Current => Work::Nothing,
     };
 
+    let work_started = std::time::Instant::now();
     let revision_now: i64 = live_annotations
         .get(ann::REVISION)
         .and_then(|r| r.parse().ok())
@@ -655,6 +705,9 @@ async fn converge(
     };
 
     // One write for the Secret.
+    if !matches!(work, Work::Nothing) {
+        ctx.leadership.check()?;
+    }
     let written = match (&work, &live) {
         (Work::Nothing, Some(l)) => l.clone(),
         (_, Some(_)) => {
@@ -693,6 +746,20 @@ async fn converge(
         },
     );
 
+    let action = match &work {
+        Work::Issue { .. } if revision > 1 => Some("renew"),
+        Work::Issue { .. } => Some("issue"),
+        Work::Reencrypt { .. } => Some("reencrypt"),
+        _ => None,
+    };
+    if let Some(action) = action {
+        ctx.metrics
+            .issuance_duration
+            .get_or_create(&crate::metrics::ActionLabels {
+                action: action.into(),
+            })
+            .observe(work_started.elapsed().as_secs_f64());
+    }
     match &work {
         Work::Issue { reason } => {
             let (event_reason, note) = if revision > 1 {
@@ -770,6 +837,38 @@ async fn converge(
     status.failed_attempts = None;
     status.last_failure_time = None;
     Ok(Ok((status, renewal)))
+}
+
+fn record_request_metrics(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    status: &CertificateRequestStatus,
+) {
+    let m = &ctx.metrics;
+    let labels =
+        crate::metrics::Metrics::labels(&cr.namespace().unwrap_or_default(), &cr.name_any());
+    let ready = status::get(&status.conditions, status::READY).is_some_and(|c| c.status == "True");
+    m.ready.get_or_create(&labels).set(i64::from(ready));
+    if let Some(t) = &status.not_after {
+        m.not_after
+            .get_or_create(&labels)
+            .set(t.0.as_second() as f64);
+    }
+    if let Some(t) = &status.renewal_time {
+        m.renewal_time
+            .get_or_create(&labels)
+            .set(t.0.as_second() as f64);
+    }
+    match status::get(&status.conditions, status::VERIFIED) {
+        Some(c) => {
+            m.verified
+                .get_or_create(&labels)
+                .set(i64::from(c.status == "True"));
+        }
+        None => {
+            m.verified.remove(&labels);
+        }
+    }
 }
 
 fn describe(reason: &str) -> &'static str {
@@ -883,6 +982,7 @@ async fn write_status(
     if cr.status.as_ref() == Some(&status) {
         return Ok(());
     }
+    ctx.leadership.check()?;
     let api: Api<CertificateRequest> =
         Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let patch = serde_json::json!({
@@ -940,6 +1040,15 @@ async fn report_refusal(
 /// Transient errors: back off per request, exponentially.
 pub fn error_policy(cr: Arc<CertificateRequest>, err: &Error, ctx: Arc<Context>) -> Action {
     let oref = ObjectRef::from_obj(cr.as_ref());
+    if matches!(err, Error::NotLeader(_)) {
+        return Action::await_change();
+    }
+    ctx.metrics
+        .reconcile_failures
+        .get_or_create(&crate::metrics::CategoryLabels {
+            category: err.category().into(),
+        })
+        .inc();
     let failures = ctx.failures(&oref) + 1;
     ctx.failures.lock().unwrap().insert(oref, failures);
     tracing::warn!(namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any(), category = err.category(), error = %err, "reconcile failed");
@@ -959,6 +1068,50 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         common_name: args.ca_common_name.clone(),
         validity: args.ca_duration,
     };
+    let instance = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));
+
+    // Admin endpoints first, so probes answer while this replica waits for the lease.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let health = Arc::new(crate::admin::Health::default());
+    let leadership = if args.leader_elect {
+        crate::leader::Leadership::elected()
+    } else {
+        crate::leader::Leadership::always()
+    };
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_bind_address)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "failed to listen on --admin-bind-address {}: {e}",
+                args.admin_bind_address
+            )
+        })?;
+    tokio::spawn(crate::admin::serve(
+        admin_listener,
+        metrics.clone(),
+        health.clone(),
+        leadership.clone(),
+    ));
+
+    let lease_api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &args.namespace);
+    let lease_cfg = crate::leader::LeaseConfig::new(&args.lease_name, &instance);
+    if args.leader_elect {
+        health
+            .standby
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(lease = %args.lease_name, identity = %instance, "waiting for the leader lease");
+        crate::leader::acquire(lease_api.clone(), lease_cfg.clone(), &leadership, || {
+            // Writes already stopped at the renew deadline; exit so the pod restarts as a standby.
+            std::process::exit(1);
+        })
+        .await;
+        health
+            .standby
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     let ca_api: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let ca = ca::ensure(&ca_api, &ca_settings).await.map(Arc::new);
     match &ca {
@@ -970,8 +1123,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let (pod_reader, pod_writer) = reflector::store::<Pod>();
-    let instance = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -1003,6 +1154,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 pod_reader.clone(),
             )
         }),
+        leadership: leadership.clone(),
+        metrics: metrics.clone(),
+        secrets_synced: std::sync::atomic::AtomicBool::new(false),
     });
 
     let (crs, secrets, pods, slices): (
@@ -1060,6 +1214,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             cr.managed_fields_mut().clear();
         })
         .reflect(writer)
+        .inspect_ok({
+            let (metrics, health) = (metrics.clone(), health.clone());
+            move |ev| match ev {
+                watcher::Event::Delete(cr) => {
+                    metrics.forget(&cr.namespace().unwrap_or_default(), &cr.name_any())
+                }
+                watcher::Event::InitDone => health
+                    .synced
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                _ => {}
+            }
+        })
         .applied_objects();
 
     let ctx2 = ctx.clone();
@@ -1135,7 +1301,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
         .await;
-    tracing::info!("controller stopped");
+    tracing::info!("controller stopped; in-flight reconciles drained");
+    if args.leader_elect {
+        crate::leader::release(&lease_api, &lease_cfg).await;
+    }
     Ok(())
 }
 

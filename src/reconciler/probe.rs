@@ -289,6 +289,20 @@ pub async fn step(
             .and_then(|e| e.value.clone());
         let (ok, reason, text, probe_status) = match ProbeReport::from_json(message.trim()) {
             Ok(report) => {
+                for e in &report.endpoints {
+                    ctx.metrics
+                        .probes
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: e.reason.as_str().into(),
+                        })
+                        .inc();
+                }
+                ctx.metrics.probe_duration.observe(
+                    Timestamp::now()
+                        .duration_since(started)
+                        .as_secs_f64()
+                        .max(0.0),
+                );
                 let (ok, reason, text) = verdict(&report);
                 (ok, reason, text, report.to_status())
             }
@@ -329,6 +343,7 @@ pub async fn step(
             publish(ctx, cr, kind, reason, "Probe", text).await;
         }
         state.changed.lock().unwrap().remove(&oref);
+        ctx.leadership.check()?;
         match pods.delete(&name, &DeleteParams::background()).await {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),

@@ -87,6 +87,12 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(label: &str, extra_args: &[&str]) -> Operator {
+        Self::start_named(label, label, extra_args)
+    }
+
+    /// Like `start`, with the operator namespace from `label` and the log file from `log_label`
+    /// (several replicas share a namespace and lease).
+    pub fn start_named(label: &str, log_label: &str, extra_args: &[&str]) -> Operator {
         install_crd();
         let cp = cluster().control_plane();
         let namespace = format!("p12-system-{label}");
@@ -100,7 +106,7 @@ impl Operator {
             "creating {namespace}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = cp.dir.join(format!("operator-{label}.log"));
+        let log = cp.dir.join(format!("operator-{log_label}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_p12-operator"));
         cmd.args([
             "--log-level",
@@ -111,6 +117,7 @@ impl Operator {
             "--min-duration",
             "30s",
         ])
+        .args(["--admin-bind-address", "127.0.0.1:0"])
         .args(extra_args)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -123,6 +130,29 @@ impl Operator {
             log,
             namespace,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    /// The admin address the operator logged (it listens on 127.0.0.1:0 in tests).
+    pub async fn admin_address(&self) -> String {
+        eventually(
+            Duration::from_secs(30),
+            "the operator's admin address in its log",
+            || {
+                let logs = self.logs();
+                async move {
+                    let line = logs
+                        .lines()
+                        .find(|l| l.contains("admin endpoints listening"))?;
+                    let at = line.find("addr=")? + 5;
+                    Some(line[at..].split_whitespace().next()?.to_string())
+                }
+            },
+        )
+        .await
     }
 
     pub fn logs(&self) -> String {
@@ -168,4 +198,25 @@ pub fn run_with_password(program: &str, args: &[&str], password: &str) -> Output
         .env("P12_PASS", password)
         .output()
         .unwrap_or_else(|e| panic!("{program} could not be started: {e}"))
+}
+
+/// A plain HTTP GET on loopback; returns (status code, body).
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
