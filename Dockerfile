@@ -9,7 +9,8 @@ FROM docker.io/library/rust:1-bookworm AS build
 # musl-tools: musl-gcc, the C compiler aws-lc-sys (rustls' crypto) needs for the
 # musl target. aws-lc-sys ships pre-generated bindings for
 # x86_64-unknown-linux-musl and builds with cc, so neither cmake, clang nor Go
-# is needed.
+# is needed. (musl-gcc hides the kernel headers, so aws-lc takes its randomness
+# from getentropy(), which needs Linux 3.17 or newer: any Kubernetes node.)
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \

@@ -405,7 +405,7 @@ pub struct EventSummary {
 /// What reading the issued Secret gave.
 #[derive(Debug, Clone)]
 pub enum SecretLookup {
-    Found(Secret),
+    Found(Box<Secret>),
     Missing,
     /// It could not be read, e.g. not allowed; the message says why.
     Unreadable(String),
@@ -982,7 +982,7 @@ async fn read_status(name: &str, namespace: Option<&str>) -> Result<StatusReport
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let secret = match secrets.get_opt(&cr.spec.secret_name).await {
-        Ok(Some(secret)) => SecretLookup::Found(secret),
+        Ok(Some(secret)) => SecretLookup::Found(Box::new(secret)),
         Ok(None) => SecretLookup::Missing,
         Err(kube::Error::Api(s)) => SecretLookup::Unreadable(s.message.clone()),
         Err(e) => {
@@ -1264,7 +1264,7 @@ async fn act(
         let status = patched.status.clone().unwrap_or_default();
         outcomes.push(Outcome::ok(match action {
             Action::Renew => format!(
-                "{who}: renewal requested (now revision {}, serial {})",
+                "{who}: renewal requested (current revision {}, serial {})",
                 status
                     .revision
                     .map_or_else(|| "-".to_owned(), |r| r.to_string()),
@@ -1425,7 +1425,12 @@ mod tests {
     #[test]
     fn a_ready_request_is_ok_and_its_secret_is_described_without_values() {
         let cr = request();
-        let report = status_report(&cr, SecretLookup::Found(secret("uid-1")), &[], None);
+        let report = status_report(
+            &cr,
+            SecretLookup::Found(Box::new(secret("uid-1"))),
+            &[],
+            None,
+        );
         assert!(report.ready && report.ok, "{:?}", report.problems);
         assert_eq!(report.exit_code(), 0);
         assert_eq!(report.verified, None);
@@ -1485,7 +1490,12 @@ mod tests {
             "1 of 2 endpoints serve an old certificate",
             1,
         ));
-        let report = status_report(&cr, SecretLookup::Found(secret("uid-1")), &[], None);
+        let report = status_report(
+            &cr,
+            SecretLookup::Found(Box::new(secret("uid-1"))),
+            &[],
+            None,
+        );
         assert!(report.ready);
         assert_eq!(report.verified, Some(false));
         assert_eq!(
@@ -1496,7 +1506,12 @@ mod tests {
 
     #[test]
     fn a_secret_owned_by_someone_else_is_noted() {
-        let report = status_report(&request(), SecretLookup::Found(secret("other")), &[], None);
+        let report = status_report(
+            &request(),
+            SecretLookup::Found(Box::new(secret("other"))),
+            &[],
+            None,
+        );
         assert_eq!(report.secret.owned_by_request, Some(false));
         assert!(report.notes[0].contains("not owned by this request"));
         let report = status_report(

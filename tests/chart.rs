@@ -9,10 +9,11 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -241,7 +242,7 @@ fn combinations_the_schema_cannot_express_fail_with_what_to_change() {
             "replicas is 3 but leaderElection.enabled is false",
         ),
         (
-            "metrics.serviceMonitor.enabled=true",
+            "admin.enabled=false,metrics.serviceMonitor.enabled=true",
             "metrics.serviceMonitor.enabled needs admin.enabled=true",
         ),
         (
@@ -407,6 +408,24 @@ fn the_operator_pod_is_hardened_by_default() {
 }
 
 #[test]
+fn the_image_runs_the_binary_the_chart_calls_as_the_user_the_chart_names() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(r#"ENTRYPOINT ["/p12-operator"]"#),
+        "the chart's command is the image's entrypoint"
+    );
+    assert!(
+        dockerfile.contains("USER 65532:65532"),
+        "the image runs as the chart's runAsUser"
+    );
+    assert!(
+        dockerfile.contains("--bin p12-operator")
+            && dockerfile.contains("x86_64-unknown-linux-musl"),
+        "a static build"
+    );
+}
+
+#[test]
 fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
     let docs = render(&[]);
     let rules = rules_of(the_one(&docs, "ClusterRole"));
@@ -484,52 +503,35 @@ fn without_probes_the_operator_may_watch_pods_but_not_create_them() {
 }
 
 #[test]
-fn flags_the_current_operator_lacks_are_passed_only_when_switched_on() {
-    let d = deployment(&render(&[]));
-    let args = args_of(&d);
-    assert_eq!(args[0], "run");
-    assert!(
-        !args
-            .iter()
-            .any(|a| a.starts_with("--admin-bind-address") || a == "--leader-elect"),
-        "{args:?}"
-    );
-    let c = &d
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
-    assert!(
-        c.liveness_probe.is_none() && c.readiness_probe.is_none(),
-        "no probes without the admin port"
-    );
-
-    let docs = render(&["admin.enabled=true,leaderElection.enabled=true,replicas=2"]);
-    let d = deployment(&docs);
-    let args = args_of(&d);
-    assert!(
-        args.contains(&"--admin-bind-address=0.0.0.0:8080".to_string())
-            && args.contains(&"--leader-elect".to_string()),
-        "{args:?}"
-    );
-    let c = &d
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+fn admin_endpoints_and_leader_election_follow_their_switches() {
+    let container = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .clone()
+    };
     let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         p.as_ref()
             .and_then(|p| p.http_get.as_ref())
             .and_then(|h| h.path.clone())
     };
+
+    // Default: admin endpoints on the pod's address, probed; one replica, no Lease.
+    let docs = render(&[]);
+    let d = deployment(&docs);
+    let args = args_of(&d);
+    assert_eq!(args[0], "run");
+    assert!(
+        args.contains(&"--admin-bind-address=0.0.0.0:8080".to_string())
+            && !args.contains(&"--leader-elect".to_string()),
+        "{args:?}"
+    );
+    let c = container(&d);
     assert_eq!(
         (
             path(&c.liveness_probe).as_deref(),
@@ -537,6 +539,23 @@ fn flags_the_current_operator_lacks_are_passed_only_when_switched_on() {
         ),
         (Some("/livez"), Some("/readyz"))
     );
+    assert_eq!(
+        the_one(&docs, "Service")["spec"]["ports"][0]["targetPort"],
+        "admin"
+    );
+
+    // admin.enabled=false: loopback only, so no probes and no Service.
+    let docs = render(&["admin.enabled=false"]);
+    let d = deployment(&docs);
+    assert!(args_of(&d).contains(&"--admin-bind-address=127.0.0.1:8080".to_string()));
+    let c = container(&d);
+    assert!(c.liveness_probe.is_none() && c.readiness_probe.is_none() && c.ports.is_none());
+    assert!(objects(&docs, "Service").is_empty());
+
+    // Leader election: the flag, a rolling update, and a Role for one Lease.
+    let docs = render(&["leaderElection.enabled=true,replicas=2"]);
+    let d = deployment(&docs);
+    assert!(args_of(&d).contains(&"--leader-elect".to_string()));
     assert_eq!(
         d.spec
             .as_ref()
@@ -550,14 +569,17 @@ fn flags_the_current_operator_lacks_are_passed_only_when_switched_on() {
         .into_iter()
         .find(|r| r["metadata"]["name"] == "p12-operator-leader-election")
         .expect("a Lease Role");
+    assert_eq!(lease["metadata"]["namespace"], NAMESPACE);
     let rules = rules_of(lease);
     assert_eq!(
         verbs_on(&rules, "coordination.k8s.io", "leases"),
         ["create", "get", "update"]
     );
-    assert_eq!(
-        the_one(&docs, "Service")["spec"]["ports"][0]["targetPort"],
-        "admin"
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.resource_names.as_deref() == Some(&["p12-operator".to_string()][..])),
+        "get and update only on the p12-operator Lease"
     );
 }
 
@@ -606,6 +628,31 @@ fn kubectl(args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn kubectl_command(args: &[&str]) -> Command {
+    let mut cmd = cluster().control_plane().kubectl();
+    cmd.args(args);
+    cmd
+}
+
+/// Runs `cmd` with `input` on its stdin.
+fn piped(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn helm(args: &[&str]) -> Output {
     cluster()
         .control_plane()
@@ -636,6 +683,35 @@ fn prepare_namespace() {
     );
 }
 
+/// The admin port of installed operators. The local pod runner runs pods in the
+/// host's network, so a fixed port (8080) could be taken on a test machine.
+fn admin_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        std::net::TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
+}
+
+/// `GET path` on the operator's admin port: the status code and the body.
+fn admin_get(path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", admin_port())).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, response))
+}
+
 /// An installation; removed when dropped (also when the test panics), so the
 /// next test starts with no operator running.
 struct Installed {
@@ -647,7 +723,16 @@ impl Installed {
     fn helm(sets: &[&str]) -> Installed {
         prepare_namespace();
         let chart = chart();
-        let mut args = vec!["install", RELEASE, chart.as_str(), "--namespace", NAMESPACE];
+        let port = format!("admin.port={}", admin_port());
+        let mut args = vec![
+            "install",
+            RELEASE,
+            chart.as_str(),
+            "--namespace",
+            NAMESPACE,
+            "--set",
+            &port,
+        ];
         for s in sets {
             args.extend(["--set", s]);
         }
@@ -662,13 +747,23 @@ impl Installed {
         }
     }
 
+    /// `kubectl apply --server-side -f deploy/p12-operator.yaml`, with the admin
+    /// port moved to [`admin_port`] (the only change).
     fn manifests() -> Installed {
-        let file = repo()
-            .join("deploy/p12-operator.yaml")
-            .display()
-            .to_string();
+        let manifest = std::fs::read_to_string(repo().join("deploy/p12-operator.yaml")).unwrap();
+        let default = "--admin-bind-address=0.0.0.0:8080";
+        assert_eq!(
+            manifest.matches(default).count(),
+            1,
+            "deploy/ binds the admin port once"
+        );
+        let manifest = manifest.replace(
+            default,
+            &format!("--admin-bind-address=0.0.0.0:{}", admin_port()),
+        );
+        let mut apply = kubectl_command(&["apply", "--server-side", "-f", "-"]);
         succeed(
-            kubectl(&["apply", "--server-side", "-f", &file]),
+            piped(&mut apply, &manifest),
             "kubectl apply -f deploy/p12-operator.yaml",
         );
         Installed {
@@ -911,6 +1006,16 @@ async fn helm_install_issues_with_only_the_charts_rbac_and_upgrade_and_uninstall
         "the CA Secret"
     );
 
+    // The probes the chart declares answer on the admin port.
+    for path in ["/livez", "/readyz"] {
+        let what = format!("{path} on the admin port to answer 200");
+        let (_, body) = eventually(WAIT, &what, || async {
+            admin_get(path).filter(|(code, _)| *code == 200)
+        })
+        .await;
+        assert!(body.contains("ok"), "{path}: {body}");
+    }
+
     // An upgrade replaces the pod (Recreate: the old one stops first); the new
     // one carries the new flag, keeps the CA and does not re-issue.
     let chart = chart();
@@ -921,6 +1026,7 @@ async fn helm_install_issues_with_only_the_charts_rbac_and_upgrade_and_uninstall
             &chart,
             "--namespace",
             NAMESPACE,
+            "--reuse-values",
             "--set",
             "logLevel=debug",
         ]),
@@ -1113,11 +1219,12 @@ async fn kubectl_apply_of_the_deploy_manifest_issues_and_its_labelled_delete_lea
 }
 
 #[tokio::test]
-async fn with_watch_namespace_the_operator_issues_with_namespaced_roles_only() {
+async fn with_watch_namespace_and_leader_election_the_operator_issues_with_namespaced_roles_only() {
     let _one = one_operator();
     let client = cluster().client().await.unwrap();
     let shop = cluster().namespace(&client, "chart-watch").await.unwrap();
-    let mut install = Installed::helm(&[&format!("watchNamespace={shop}")]);
+    let watch = format!("watchNamespace={shop}");
+    let mut install = Installed::helm(&[&watch, "leaderElection.enabled=true"]);
     assert!(
         Api::<ClusterRole>::all(client.clone())
             .get_opt(RELEASE)
@@ -1130,12 +1237,22 @@ async fn with_watch_namespace_the_operator_issues_with_namespaced_roles_only() {
         !service_account_can("list", "secrets", "default"),
         "no access outside the watched namespace"
     );
-    operator_pod(&client, |args| {
+    let pod = operator_pod(&client, |args| {
         args.contains(&format!("--watch-namespace={shop}"))
     })
     .await;
     apply(&shop, &request("web"));
     ready(&client, &shop, "web").await;
+    // It issued as the leader, holding the Lease under its pod name (POD_NAME).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let holder = leases
+        .get("p12-operator")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_eq!(holder, Some(pod.name_any()));
+
     succeed(install.remove(), "helm uninstall");
     assert_no_orphans().await;
 }

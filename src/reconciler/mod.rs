@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -130,6 +130,8 @@ pub enum Error {
     NotLeader(#[from] crate::leader::NotLeader),
     #[error("the Secret index is still syncing")]
     NotSynced,
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -141,6 +143,7 @@ impl Error {
             Error::Pki(_) => "IssuanceFailed",
             Error::NotLeader(_) => "NotLeader",
             Error::NotSynced => "NotSynced",
+            Error::Panicked(_) => "Panicked",
         }
     }
 }
@@ -424,7 +427,18 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
     metrics.reconciles.inc();
     metrics.in_flight.inc();
     let started = std::time::Instant::now();
-    let result = reconcile_inner(cr, ctx).instrument(span).await;
+    // A panic in one request's pass must not take the controller down with it.
+    let result = std::panic::AssertUnwindSafe(reconcile_inner(cr, ctx).instrument(span))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Panicked(what))
+        });
     metrics.in_flight.dec();
     metrics
         .reconcile_duration
@@ -433,6 +447,7 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
 }
 
 async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    crate::faults::panic_point(&cr.name_any());
     let oref = ObjectRef::from_obj(cr.as_ref());
     ctx.register_refs(&cr);
 
@@ -718,6 +733,11 @@ async fn converge(
         (_, None) => match secrets.create(&post_params(), &desired).await {
             Ok(s) => s,
             Err(kube::Error::Api(e)) if e.code == 409 => {
+                // Ours after all (the index lags, or a label was removed)? Then look again soon.
+                let existing = secrets.get_opt(&plan.secret_name).await?;
+                if existing.is_some_and(|s| s.owner_references().iter().any(|o| o.uid == uid)) {
+                    return Err(Error::NotSynced);
+                }
                 return Ok(Err(conflict(
                     plan,
                     "it already exists and is not managed by p12-operator",
@@ -726,6 +746,9 @@ async fn converge(
             Err(e) => return Err(e.into()),
         },
     };
+    if !matches!(work, Work::Nothing) {
+        crate::faults::crash_point("after-secret-write");
+    }
     let renewal = plan::renewal_time(plan, facts.not_before, facts.not_after);
     ctx.checked.lock().unwrap().insert(
         oref.clone(),
@@ -923,6 +946,7 @@ fn issue(
         Some(k) => k,
         None => PrivateKey::generate(plan.key_algorithm).map_err(IssueError::Pki)?,
     };
+    crate::faults::crash_point("after-keygen");
     let csr_der =
         pki::build_csr(&key, &plan.leaf.subject, &plan.leaf.sans).map_err(IssueError::Pki)?;
     let csr = pki::VerifiedCsr::parse_and_verify(&csr_der).map_err(IssueError::Pki)?;
@@ -930,6 +954,7 @@ fn issue(
         .check(&plan.leaf, &csr)
         .map_err(|v| IssueError::Policy(v.message().to_string()))?;
     let cert = pki::sign(ca, &csr, &plan.leaf, Timestamp::now()).map_err(IssueError::Pki)?;
+    crate::faults::crash_point("after-sign");
     Ok(Material {
         key,
         leaf_der: cert.der,
@@ -1192,7 +1217,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .labels(&probe_selector)
             .any_semantic(),
     )
-    .default_backoff()
+    .backoff(watch_backoff())
     .modify(|p| {
         p.managed_fields_mut().clear();
     })
@@ -1205,11 +1230,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .labels("kubernetes.io/service-name")
             .any_semantic(),
     )
-    .default_backoff()
+    .backoff(watch_backoff())
     .touched_objects();
     let (reader, writer) = reflector::store();
     let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|cr| {
             cr.managed_fields_mut().clear();
         })
@@ -1230,7 +1255,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ctx2 = ctx.clone();
     let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|s| {
             s.managed_fields_mut().clear();
             s.annotations_mut().clear();
@@ -1245,7 +1270,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ca_meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &args.namespace);
     let ca_filter = watcher::Config::default().fields(&format!("metadata.name={}", args.ca_secret));
     tokio::spawn(async move {
-        let mut events = watcher(ca_meta, ca_filter).default_backoff().boxed();
+        let mut events = watcher(ca_meta, ca_filter).backoff(watch_backoff()).boxed();
         while let Some(ev) = events.next().await {
             let version = match ev {
                 Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
@@ -1278,6 +1303,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx4 = ctx.clone();
     tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
     Controller::for_stream(cr_stream, reader)
+        // Each watch above backs off on its own; this only guards the merged stream.
+        .trigger_backoff(watch_backoff())
         .watches_stream(secret_stream, move |s| ctx4.requests_for(&s))
         .owns_stream(pod_stream)
         .watches_stream(slice_stream, move |s: PartialObjectMeta<EndpointSlice>| {
@@ -1306,6 +1333,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::leader::release(&lease_api, &lease_cfg).await;
     }
     Ok(())
+}
+
+/// Watch reconnection back-off: 0.5 s doubling to 5 s (with jitter), starting
+/// over after 10 s without errors. Shorter than kube's default (30 s cap, 120 s
+/// reset) so that after an API server outage the operator is back within
+/// seconds; a handful of watches retrying every 5 s cost the API server nothing.
+struct WatchBackoff {
+    next: Duration,
+    last_error: Option<std::time::Instant>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last_error
+            .is_some_and(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.next = BACKOFF_MIN;
+        }
+        self.last_error = Some(now);
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        Some(d.mul_f64(rand::random_range(0.8..1.2)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+fn watch_backoff() -> WatchBackoff {
+    WatchBackoff {
+        next: BACKOFF_MIN,
+        last_error: None,
+    }
 }
 
 fn tokio_stream_from(

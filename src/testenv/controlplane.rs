@@ -32,6 +32,7 @@ struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    args: Vec<String>,
 }
 
 /// A running local control plane. Dropping it stops every process; the work
@@ -50,6 +51,8 @@ pub struct ControlPlane {
     pub bin: PathBuf,
     /// Time from the first process start to `/readyz` answering ok.
     pub startup: Duration,
+    /// etcd's client URL (its JSON gateway serves `/v3/kv/compaction`).
+    pub etcd_url: String,
     ca: ClusterCa,
     procs: Mutex<Vec<Proc>>,
 }
@@ -163,6 +166,7 @@ impl ControlPlane {
             ca_pem: ca.cert_pem.clone(),
             bin: bin.clone(),
             startup: Duration::ZERO,
+            etcd_url: format!("http://127.0.0.1:{etcd_port}"),
             ca,
             procs: Mutex::new(Vec::new()),
         };
@@ -232,7 +236,11 @@ impl ControlPlane {
     fn spawn(&self, name: &'static str, args: &[String]) -> Result<(), HarnessError> {
         let exe = self.bin.join(name);
         let log = self.dir.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(io_err("create", &log))?;
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_err("create", &log))?;
         let err = out.try_clone().map_err(io_err("open", &log))?;
         let mut cmd = Command::new(&exe);
         cmd.args(args)
@@ -242,7 +250,12 @@ impl ControlPlane {
             .current_dir(&self.dir);
         let child = process::spawn_tied(cmd)
             .map_err(|e| HarnessError::Start(format!("failed to start {}: {e}", exe.display())))?;
-        self.procs.lock().unwrap().push(Proc { name, child, log });
+        self.procs.lock().unwrap().push(Proc {
+            name,
+            child,
+            log,
+            args: args.to_vec(),
+        });
         Ok(())
     }
 
@@ -316,6 +329,24 @@ impl ControlPlane {
         certs::write_kubeconfig(&path, &self.server, &self.ca_pem, &cert, user)
             .map_err(io_err("write", &path))?;
         Ok(path)
+    }
+
+    /// Stops one component (`kube-apiserver`, `etcd`, …), waits `pause`, and
+    /// starts it again with the same flags and port, waiting for `/readyz`.
+    pub fn restart(&self, name: &str, pause: Duration) -> Result<(), HarnessError> {
+        let (name, args) = {
+            let mut procs = self.procs.lock().unwrap();
+            let i = procs
+                .iter()
+                .position(|p| p.name == name)
+                .ok_or_else(|| HarnessError::Start(format!("no process named {name}")))?;
+            let mut p = procs.remove(i);
+            process::stop(&mut p.child, Duration::from_secs(10));
+            (p.name, p.args)
+        };
+        std::thread::sleep(pause);
+        self.spawn(name, &args)?;
+        self.wait_ready(Instant::now())
     }
 
     /// Stops every process (newest first) and waits for them.

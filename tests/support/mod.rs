@@ -93,6 +93,16 @@ impl Operator {
     /// Like `start`, with the operator namespace from `label` and the log file from `log_label`
     /// (several replicas share a namespace and lease).
     pub fn start_named(label: &str, log_label: &str, extra_args: &[&str]) -> Operator {
+        Self::start_with_env(label, log_label, extra_args, &[])
+    }
+
+    /// Like `start_named`, with extra environment variables (e.g. `P12_CRASH_AT`).
+    pub fn start_with_env(
+        label: &str,
+        log_label: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         install_crd();
         let cp = cluster().control_plane();
         let namespace = format!("p12-system-{label}");
@@ -107,6 +117,7 @@ impl Operator {
             String::from_utf8_lossy(&out.stderr)
         );
         let log = cp.dir.join(format!("operator-{log_label}.log"));
+        let _ = std::fs::remove_file(&log);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_p12-operator"));
         cmd.args([
             "--log-level",
@@ -119,10 +130,17 @@ impl Operator {
         ])
         .args(["--admin-bind-address", "127.0.0.1:0"])
         .args(extra_args)
+        .envs(env.iter().copied())
         .env("KUBECONFIG", &cp.kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
+        .stdout(
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        )
         .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         let child = process::spawn_tied(cmd).expect("the operator starts");
         Operator {
@@ -157,6 +175,27 @@ impl Operator {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// CPU seconds the operator has used (user + system), from /proc.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // Fields 14 and 15 of /proc/pid/stat (utime, stime), counted after the comm field.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    pub fn exited(&self) -> bool {
+        self.child
+            .lock()
+            .unwrap()
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     pub fn stop(&self) {
