@@ -1142,8 +1142,27 @@ async fn without_create_on_secrets_issuance_fails_with_a_forbidden_error_and_rec
     })
     .await;
     assert!(
-        line.contains("WARN") && line.contains("KubeError"),
-        "a warning with its category: {line}"
+        line.contains("WARN") && line.contains("Forbidden"),
+        "a warning with its reason: {line}"
+    );
+    // The request itself says what is wrong, as a condition a user sees in kubectl.
+    let crs_api: Api<CertificateRequest> = Api::namespaced(client.clone(), &shop);
+    let message = eventually(WAIT, "the request to report Forbidden", || {
+        let crs_api = crs_api.clone();
+        async move {
+            let cr = crs_api.get("after").await.ok()?;
+            let c = cr
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (c.status == "False" && c.reason == "Forbidden").then_some(c.message)
+        }
+    })
+    .await;
+    assert!(
+        message.contains("cannot create resource \"secrets\"") && message.contains("RBAC"),
+        "{message}"
     );
     let crs: Api<CertificateRequest> = Api::namespaced(client.clone(), &shop);
     assert!(

@@ -129,7 +129,13 @@ async fn a_pod_runs_with_its_service_account_token_and_deleting_it_stops_the_pro
     // `run` without RBAC stays up, retrying, and logs who it is: proof of the mounted token.
     let p = pod(
         "controller",
-        &["run", "--namespace", &marker],
+        &[
+            "run",
+            "--namespace",
+            &marker,
+            "--admin-bind-address",
+            "127.0.0.1:0",
+        ],
         serde_json::json!({"terminationGracePeriodSeconds": 5}),
     );
     pods.create(&PostParams::default(), &p).await.unwrap();
@@ -187,7 +193,13 @@ async fn active_deadline_fails_the_pod_and_stops_the_process() {
     let marker = format!("p12-operator-{ns}");
     let p = pod(
         "slow",
-        &["run", "--namespace", &marker],
+        &[
+            "run",
+            "--namespace",
+            &marker,
+            "--admin-bind-address",
+            "127.0.0.1:0",
+        ],
         serde_json::json!({"activeDeadlineSeconds": 3, "terminationGracePeriodSeconds": 2}),
     );
     pods.create(&PostParams::default(), &p).await.unwrap();

@@ -101,7 +101,7 @@ fn operator() -> &'static Operator {
     static OP: OnceLock<Operator> = OnceLock::new();
     OP.get_or_init(|| {
         test_ca();
-        Operator::start("probe", &["--probe-grace", "4s"])
+        Operator::start("probe", &["--probe-grace", "4s", "--probe-network-policy"])
     })
 }
 
@@ -397,6 +397,44 @@ async fn rust_and_java_servers_are_verified_and_a_stale_one_is_caught_per_endpoi
             .contains_key("memory")
     );
     assert_eq!(probe_pod.owner_references()[0].name, "web");
+    // Its NetworkPolicy lets it reach the probed endpoints and nothing else.
+    let policy =
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns)
+            .get(&probe_pod.name_any())
+            .await
+            .expect("a NetworkPolicy for the probe pod");
+    let pspec = policy.spec.unwrap();
+    assert_eq!(
+        pspec.pod_selector.unwrap().match_labels.unwrap()["p12-operator.io/probe-pod"],
+        probe_pod.name_any()
+    );
+    assert_eq!(
+        pspec.policy_types.unwrap(),
+        vec!["Ingress".to_string(), "Egress".to_string()]
+    );
+    assert!(pspec.ingress.unwrap_or_default().is_empty(), "no ingress");
+    let mut allowed: Vec<String> = pspec
+        .egress
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let cidr = r.to.as_ref().unwrap()[0]
+                .ip_block
+                .as_ref()
+                .unwrap()
+                .cidr
+                .clone();
+            let port = r.ports.as_ref().unwrap()[0].port.clone().unwrap();
+            format!("{cidr}:{port:?}")
+        })
+        .collect();
+    allowed.sort();
+    let mut expected = vec![
+        format!("{rust_ip}/32:Int(8443)"),
+        format!("{java_ip}/32:Int(8443)"),
+    ];
+    expected.sort();
+    assert_eq!(allowed, expected, "egress only to the probed endpoints");
 
     let cr = verified(&client, &ns, "web", "True", "Verified").await;
     let st = cr.status.unwrap();

@@ -1122,6 +1122,9 @@ mod null_writer {
     use super::*;
     use tokio::sync::Semaphore;
 
+    /// Per request: the renew token honoured and the revision written.
+    type Honoured = HashMap<String, (Option<String>, i64)>;
+
     /// Byte sizes of the data keys of a real bundle for these parameters.
     fn data_sizes(args: &Args) -> anyhow::Result<Vec<(String, usize)>> {
         use p12_operator::keystore::{Profile, build_keystore, build_truststore};
@@ -1319,7 +1322,7 @@ mod null_writer {
         let crs: Api<CertificateRequest> = Api::all(client.clone());
         let permits = Arc::new(Semaphore::new(args.null_concurrency.max(1)));
         // Per request: the renew token honoured and the revision written.
-        let done: Arc<Mutex<HashMap<String, (Option<String>, i64)>>> = Arc::default();
+        let done: Arc<Mutex<Honoured>> = Arc::default();
         let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut stream = watcher(crs, watcher::Config::default()).boxed();
         while let Some(ev) = stream.next().await {

@@ -13,6 +13,8 @@ use crate::bundle::{MANAGED_BY, MANAGED_BY_LABEL, REQUEST_LABEL};
 
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const COMPONENT: &str = "probe";
+/// Names the one probe pod a NetworkPolicy selects.
+pub const POD_LABEL: &str = "p12-operator.io/probe-pod";
 /// At most this many endpoints per probe pod: the results travel back in the
 /// container's termination message, which Kubernetes caps at 4 KiB.
 pub const MAX_ENDPOINTS: usize = 10;
@@ -46,6 +48,43 @@ pub fn deadline(handshake_timeout: Duration) -> Duration {
     handshake_timeout * 2 + Duration::from_secs(30)
 }
 
+/// A NetworkPolicy that lets the probe pod reach exactly the endpoints it
+/// probes (TCP to each `ip/32` on its port) and nothing else, not even DNS; no
+/// ingress at all. Owned by the request; deleted with the pod.
+pub fn network_policy(
+    request: &CertificateRequest,
+    endpoints: &[SocketAddr],
+) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+    let name = pod_name(request);
+    let egress: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|e| {
+            let cidr = match e.ip() {
+                std::net::IpAddr::V4(ip) => format!("{ip}/32"),
+                std::net::IpAddr::V6(ip) => format!("{ip}/128"),
+            };
+            serde_json::json!({"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": e.port()}]})
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": request.namespace(),
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY, REQUEST_LABEL: request.name_any(), COMPONENT_LABEL: COMPONENT},
+            "ownerReferences": [request.controller_owner_ref(&()).unwrap_or_default()],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {POD_LABEL: name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": egress,
+        },
+    }))
+    .expect("the probe network policy template is valid")
+}
+
 impl ProbePod<'_> {
     pub fn build(&self) -> Pod {
         let cr = self.request;
@@ -75,6 +114,7 @@ impl ProbePod<'_> {
                     MANAGED_BY_LABEL: MANAGED_BY,
                     REQUEST_LABEL: cr.name_any(),
                     COMPONENT_LABEL: COMPONENT,
+                    POD_LABEL: pod_name(cr),
                 },
                 "ownerReferences": [owner],
             },

@@ -88,6 +88,9 @@ pub struct RunArgs {
     /// Never run probe pods (requests with spec.probe are issued, not verified).
     #[arg(long)]
     pub disable_probes: bool,
+    /// Give each probe pod a NetworkPolicy allowing egress only to the endpoints it probes.
+    #[arg(long)]
+    pub probe_network_policy: bool,
     /// Address of the admin endpoints (/metrics, /livez, /readyz); port 0 picks one.
     #[arg(long, env = "P12_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
     pub admin_bind_address: std::net::SocketAddr,
@@ -479,7 +482,18 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
             Err(r) => Ok::<_, Error>(Err(r)),
         }
     }
-    .await?;
+    .await;
+    // Missing permissions are something a person must fix: say so on the request.
+    let outcome = match outcome {
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 403 => Err(refuse(
+            "Forbidden",
+            format!(
+                "the operator is not allowed to do what this request needs ({}); check the RBAC rules of its ServiceAccount (docs/install.md lists them)",
+                e.message
+            ),
+        )),
+        other => other?,
+    };
 
     match outcome {
         Ok(action) => {
@@ -1175,6 +1189,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 probe::ProbeConfig {
                     image: args.probe_image.clone(),
                     grace: args.probe_grace,
+                    network_policy: args.probe_network_policy,
                 },
                 pod_reader.clone(),
             )

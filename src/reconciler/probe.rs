@@ -10,6 +10,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::events::EventType;
@@ -34,6 +35,8 @@ pub struct ProbeConfig {
     pub image: String,
     /// Time given to workloads to reload a renewed certificate before probing.
     pub grace: Duration,
+    /// Confine each probe pod with a NetworkPolicy to the endpoints it probes.
+    pub network_policy: bool,
 }
 
 /// What the probe step needs besides the request.
@@ -348,6 +351,14 @@ pub async fn step(
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
             Ok(_) => {}
+        }
+        if state.config.network_policy {
+            let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+            match policies.delete(&name, &DeleteParams::background()).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
         }
         return Ok(Some(interval));
     }
