@@ -151,7 +151,6 @@ fn duration() {
 /// a minute of CPU) before any password check — from `inspect` and from every
 /// reconcile that assesses the Secret (`bundle::assess`).
 #[test]
-#[ignore = "bug: keystore::read_keystore lets p12-keystore run scrypt with 1 GiB and p=16 on hostile input (see docs/fuzzing.md)"]
 fn known_bug_keystore_scrypt_unbounded_cost() {
     known_bug("keystore", "scrypt-1gib-p16-no-mac.p12");
 }

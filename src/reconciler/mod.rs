@@ -76,8 +76,8 @@ pub struct RunArgs {
     /// Refuse IP address SANs (policy).
     #[arg(long)]
     pub deny_ip_sans: bool,
-    /// Requests reconciled at once.
-    #[arg(long, default_value_t = 16)]
+    /// Requests reconciled at once (API-bound; crypto is limited to one task per core separately).
+    #[arg(long, default_value_t = 32)]
     pub concurrency: u16,
     /// Image of probe pods: the operator's own image.
     #[arg(long, env = "P12_OPERATOR_IMAGE", default_value = concat!("ghcr.io/p12-operator/p12-operator:", env!("CARGO_PKG_VERSION")))]
@@ -183,6 +183,9 @@ pub struct Context {
     /// (namespace, Secret name) → requests that reference it (target or password).
     refs: Mutex<HashMap<(String, String), HashSet<ObjectRef<CertificateRequest>>>>,
     checked: Mutex<HashMap<ObjectRef<CertificateRequest>, Checked>>,
+    /// The status this process last wrote for each request, with the resulting
+    /// resourceVersion: the cached request may lag behind our own write.
+    written: Mutex<HashMap<ObjectRef<CertificateRequest>, (u64, CertificateRequestStatus)>>,
     failures: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
     crypto: Semaphore,
     probe: Option<probe::ProbeState>,
@@ -272,6 +275,22 @@ impl Context {
                 .store(true, std::sync::atomic::Ordering::Release),
             watcher::Event::Init => {}
         }
+    }
+
+    /// The request's status as it stands: the cached copy, unless it predates
+    /// the status this process wrote last (resourceVersions are etcd revisions).
+    fn current_status(&self, cr: &CertificateRequest) -> Option<CertificateRequestStatus> {
+        let cached = cr.resource_version().and_then(|v| v.parse::<u64>().ok());
+        let oref = ObjectRef::from_obj(cr);
+        let mut written = self.written.lock().unwrap();
+        if let Some((version, status)) = written.get(&oref) {
+            if cached.is_none_or(|c| c < *version) {
+                return Some(status.clone());
+            }
+            // The cache has caught up: forget our copy, it only bridged the lag.
+            written.remove(&oref);
+        }
+        cr.status.clone()
     }
 
     fn failures(&self, oref: &ObjectRef<CertificateRequest>) -> u32 {
@@ -580,7 +599,7 @@ async fn converge(
                         .unwrap_or_else(|| "generated".into())
                 && (renew_token.is_none() || last.renew_token == renew_token)
                 && Timestamp::now() < last.renewal_time;
-            let st = cr.status.clone().unwrap_or_default();
+            let st = ctx.current_status(cr).unwrap_or_default();
             let status_current = st.serial_number.as_deref() == Some(last.serial.as_str())
                 && status::get(&st.conditions, status::READY).is_some_and(|c| {
                     c.status == "True" && c.observed_generation == cr.metadata.generation
@@ -843,7 +862,7 @@ async fn converge(
     }
 
     // One write for status, only when it changed.
-    let mut status = cr.status.clone().unwrap_or_default();
+    let mut status = ctx.current_status(cr).unwrap_or_default();
     let generation = cr.metadata.generation;
     let until = format!(
         "certificate {} valid until {}, renews at {}",
@@ -1001,6 +1020,9 @@ pub(crate) async fn publish(
     action: &str,
     note: String,
 ) {
+    if !ctx.leadership.is_leader() {
+        return;
+    }
     let event = Event {
         type_,
         reason: reason.into(),
@@ -1008,9 +1030,13 @@ pub(crate) async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
-        tracing::warn!(error = %e, "failed to publish an event");
-    }
+    // Events are for people; they must not hold up the Secret or status writes.
+    let (recorder, reference) = (ctx.recorder.clone(), cr.object_ref(&()));
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "failed to publish an event");
+        }
+    });
 }
 
 async fn write_status(
@@ -1018,7 +1044,7 @@ async fn write_status(
     cr: &CertificateRequest,
     status: CertificateRequestStatus,
 ) -> Result<(), Error> {
-    if cr.status.as_ref() == Some(&status) {
+    if ctx.current_status(cr).as_ref() == Some(&status) {
         return Ok(());
     }
     ctx.leadership.check()?;
@@ -1029,12 +1055,22 @@ async fn write_status(
         "kind": "CertificateRequest",
         "status": status,
     });
-    api.patch_status(
-        &cr.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &cr.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    if let Some(version) = written
+        .resource_version()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        ctx.written
+            .lock()
+            .unwrap()
+            .insert(ObjectRef::from_obj(cr), (version, status));
+    }
     Ok(())
 }
 
@@ -1044,7 +1080,7 @@ async fn report_refusal(
     r: &Refusal,
     failures: u32,
 ) -> Result<(), Error> {
-    let mut status = cr.status.clone().unwrap_or_default();
+    let mut status = ctx.current_status(cr).unwrap_or_default();
     let previous = status::get(&status.conditions, status::ISSUED)
         .map(|c| (c.reason.clone(), c.message.clone()));
     let message = status::truncate(&r.message);
@@ -1178,6 +1214,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         secrets: Mutex::default(),
         refs: Mutex::default(),
         checked: Mutex::default(),
+        written: Mutex::default(),
         failures: Mutex::default(),
         crypto: Semaphore::new(
             std::thread::available_parallelism()
