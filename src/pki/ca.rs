@@ -151,7 +151,35 @@ impl CertificateAuthority {
                 }
             })?;
         }
+        ca.trial_signature(now)?;
         Ok(ca)
+    }
+
+    /// Signs and verifies a throwaway leaf, so a CA whose key and certificate
+    /// disagree in a way the comparison above cannot see (another curve, a
+    /// subject no leaf can carry) is refused at load time, not at every issuance.
+    fn trial_signature(&self, now: Timestamp) -> Result<()> {
+        use super::{CsrSubject, LeafProfile, SubjectAltNames, Usage, VerifiedCsr};
+        let unusable = |why: String| PkiError::Signing {
+            reason: format!("the CA cannot sign a test certificate: {why}"),
+        };
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
+        let sans = SubjectAltNames {
+            dns: vec!["ca-self-test.invalid".into()],
+            ..Default::default()
+        };
+        let csr_der = super::build_csr(&key, &CsrSubject::default(), &sans)?;
+        let csr = VerifiedCsr::parse_and_verify(&csr_der)?;
+        let profile = LeafProfile {
+            subject: CsrSubject::default(),
+            sans,
+            usages: vec![Usage::ServerAuth],
+            duration: std::time::Duration::from_secs(60),
+        };
+        let leaf = super::sign(self, &csr, &profile, now).map_err(|e| unusable(e.to_string()))?;
+        verify_issued_by(&leaf.der, &self.chain[0])
+            .map_err(|_| unusable("its signature does not verify".into()))?;
+        Ok(())
     }
 
     /// Fails unless `now` lies within the CA certificate's validity. A notBefore up to
