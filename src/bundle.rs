@@ -37,6 +37,8 @@ pub mod annotations {
     pub const RENEW_REQUESTED: &str = "p12-operator.io/renew-requested-at";
     /// On the Secret: the `RENEW_REQUESTED` value already honoured.
     pub const RENEW_HONOURED: &str = "p12-operator.io/renew-honoured";
+    /// On the Secret: [`super::keystore_mac`] of the keystores as written.
+    pub const KEYSTORE_MAC: &str = "p12-operator.io/keystore-mac";
 }
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -228,32 +230,11 @@ pub fn assess(
     {
         return Verdict::Reencrypt("ProfileChanged");
     }
-    let expected_chain: Vec<Vec<u8>> = std::iter::once(leaf.clone())
-        .chain(ca.chain().iter().cloned())
-        .collect();
-    let keystore_ok = data
-        .get(KEYSTORE)
-        .and_then(|b| keystore::read_keystore(&b.0, password).ok())
-        .is_some_and(|store| {
-            store.trusted.is_empty()
-                && store.key_entries.len() == 1
-                && store.key_entries[0].alias == plan.alias
-                && store.key_entries[0].chain == expected_chain
-                && store.key_entries[0].matches_certificate(leaf)
-        });
-    if !keystore_ok {
+    // The keystores are checked by a MAC the operator wrote beside them, never by
+    // decoding them: files someone else put there are not ours to parse (hostile
+    // PKCS#12 parameters can cost a GiB), and a MAC is cheaper than PBKDF2.
+    if annotations.get(annotations::KEYSTORE_MAC) != Some(&keystore_mac(ca, data, plan, password)) {
         return Verdict::Reencrypt("KeystoreStale");
-    }
-    let truststore_ok = data
-        .get(TRUSTSTORE)
-        .and_then(|b| keystore::read_keystore(&b.0, password).ok())
-        .is_some_and(|store| {
-            store.key_entries.is_empty()
-                && store.trusted.len() == 1
-                && store.trusted[0].1 == ca.root_der()
-        });
-    if !truststore_ok {
-        return Verdict::Reencrypt("TruststoreStale");
     }
     if data.get(CA_CRT).map(|b| b.0.as_slice()) != Some(ca.root_pem().as_bytes()) {
         return Verdict::Reencrypt("CABundleStale");
@@ -264,6 +245,58 @@ pub fn assess(
         return Verdict::Reencrypt("PasswordSourceChanged");
     }
     Verdict::Current
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// HMAC-SHA256 (RFC 2104) over the keystore, the truststore, the password,
+/// alias and profile, keyed with a digest of the CA's private key: only the
+/// operator can produce it, and any change to the files or their settings
+/// breaks it.
+pub fn keystore_mac(
+    ca: &CertificateAuthority,
+    data: &BTreeMap<String, ByteString>,
+    plan: &Plan,
+    password: &SecretString,
+) -> String {
+    let key_pem = ca.key_pem();
+    let key = sha256(&[
+        b"p12-operator keystore mac v1\0",
+        key_pem.expose().as_bytes(),
+    ]);
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for i in 0..32 {
+        ipad[i] ^= key[i];
+        opad[i] ^= key[i];
+    }
+    let field = |k: &str| data.get(k).map(|b| b.0.as_slice()).unwrap_or_default();
+    let len = |b: &[u8]| (b.len() as u64).to_be_bytes();
+    let (ks, ts, pw) = (
+        field(KEYSTORE),
+        field(TRUSTSTORE),
+        password.expose().as_bytes(),
+    );
+    let inner = sha256(&[
+        &ipad,
+        &len(ks),
+        ks,
+        &len(ts),
+        ts,
+        &len(pw),
+        pw,
+        plan.alias.as_bytes(),
+        b"\0",
+        plan.keystore_profile.name().as_bytes(),
+    ]);
+    hex::encode(sha256(&[&opad, &inner]))
 }
 
 /// The operator's annotations for a Secret holding `facts`.

@@ -738,6 +738,11 @@ async fn converge(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     };
+    let mut annotations = annotations;
+    annotations.insert(
+        ann::KEYSTORE_MAC.into(),
+        bundle::keystore_mac(ca, &new_data, plan, &password),
+    );
     let desired = desired_secret(cr, live.as_ref(), new_data, annotations);
     let work = match work {
         Work::Nothing
