@@ -282,6 +282,29 @@ fn request(ns: &str, name: &str, service: &str) {
     );
 }
 
+/// The first object with the probe label that a watch sees, from now on.
+fn first_seen<K>(api: Api<K>) -> tokio::sync::oneshot::Receiver<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let cfg =
+            kube::runtime::watcher::Config::default().labels("app.kubernetes.io/component=probe");
+        let mut stream = kube::runtime::watcher(api, cfg).applied_objects().boxed();
+        while let Some(item) = stream.next().await {
+            if let Ok(obj) = item {
+                let _ = tx.send(obj);
+                return;
+            }
+        }
+    });
+    rx
+}
+
 async fn ready_secret(client: &Client, ns: &str, name: &str) -> Secret {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
     eventually(WAIT, &format!("{name} Ready"), || {
@@ -345,22 +368,26 @@ async fn rust_and_java_servers_are_verified_and_a_stale_one_is_caught_per_endpoi
     );
     let java_dir = cluster().work_dir.join(format!("java-{ns}"));
     let java = JavaServer::start(&java_dir, &first, java_ip.into(), 8443);
+    // A probe pod can live for well under a second: watch, from before the
+    // Service exists, for the first probe pod and its NetworkPolicy.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let first_pod = first_seen(pods.clone());
+    let first_policy = first_seen(
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // let both watches list first
     service(&ns, "web", &[rust_ip.into(), java_ip.into()], 8443);
 
     // Catch a probe pod while it exists, to check how it is built.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let probe_pod = eventually(WAIT, "a probe pod", || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default().labels("app.kubernetes.io/component=probe"))
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .next()
-        }
-    })
-    .await;
+    let probe_pod = tokio::time::timeout(WAIT, first_pod)
+        .await
+        .expect("a probe pod within the wait")
+        .unwrap();
+    let policy = tokio::time::timeout(WAIT, first_policy)
+        .await
+        .expect("a probe NetworkPolicy within the wait")
+        .unwrap();
     let spec = probe_pod.spec.clone().unwrap();
     let c = &spec.containers[0];
     let sc = c.security_context.clone().unwrap();
@@ -398,11 +425,6 @@ async fn rust_and_java_servers_are_verified_and_a_stale_one_is_caught_per_endpoi
     );
     assert_eq!(probe_pod.owner_references()[0].name, "web");
     // Its NetworkPolicy lets it reach the probed endpoints and nothing else.
-    let policy =
-        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns)
-            .get(&probe_pod.name_any())
-            .await
-            .expect("a NetworkPolicy for the probe pod");
     let pspec = policy.spec.unwrap();
     assert_eq!(
         pspec.pod_selector.unwrap().match_labels.unwrap()["p12-operator.io/probe-pod"],

@@ -447,6 +447,25 @@ pub async fn step(
         handshake_timeout: timeout,
     }
     .build();
+    ctx.leadership.check()?;
+    if state.config.network_policy {
+        // The fence goes up before the pod exists.
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut policy = pod::network_policy(cr, &chosen);
+        let pp = PostParams {
+            field_manager: Some(super::MANAGER.into()),
+            ..Default::default()
+        };
+        match policies.create(&pp, &policy).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let live = policies.get(&name).await?;
+                policy.metadata.resource_version = live.metadata.resource_version;
+                policies.replace(&name, &pp, &policy).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     match pods
         .create(
             &PostParams {
