@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
     ),
     printcolumn(
         name = "Not After",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.notAfter",
         description = "When the current certificate expires"
     ),
