@@ -188,6 +188,13 @@ pub struct Context {
     written: Mutex<HashMap<ObjectRef<CertificateRequest>, (u64, CertificateRequestStatus)>>,
     failures: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
     crypto: Semaphore,
+    /// Passes allowed at once (`--concurrency`). tokio's semaphore is fair, so
+    /// requests run in the order they became due: kube-runtime's own limit parks
+    /// due requests in a hash set and picks them in no particular order, which
+    /// left a few early requests waiting for the whole backlog.
+    passes: Semaphore,
+    /// Set once shutdown begins: passes still waiting for a slot give up.
+    draining: tokio::sync::watch::Sender<bool>,
     probe: Option<probe::ProbeState>,
     pub leadership: crate::leader::Leadership,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -444,13 +451,21 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         // Until every Secret has been listed once, "not in the index" cannot mean "absent".
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    // Wait for a slot, first come first served; a draining process stops waiting.
+    let gate = ctx.clone();
+    let mut draining = gate.draining.subscribe();
+    let _slot = tokio::select! {
+        slot = gate.passes.acquire() => slot.map_err(|e| Error::Task(e.to_string()))?,
+        _ = draining.wait_for(|d| *d) => return Ok(Action::requeue(Duration::from_secs(1))),
+    };
     let span = tracing::info_span!("reconcile", namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any());
     let metrics = ctx.metrics.clone();
     metrics.reconciles.inc();
     metrics.in_flight.inc();
     let started = std::time::Instant::now();
     // A panic in one request's pass must not take the controller down with it.
-    let result = std::panic::AssertUnwindSafe(reconcile_inner(cr, ctx).instrument(span))
+    // Boxed: the waiting part of this future stays small while thousands wait.
+    let result = std::panic::AssertUnwindSafe(Box::pin(reconcile_inner(cr, ctx).instrument(span)))
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {
@@ -1226,6 +1241,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(2),
         ),
+        passes: Semaphore::new(usize::from(args.concurrency.max(1))),
+        draining: tokio::sync::watch::channel(false).0,
         probe: (!args.disable_probes).then(|| {
             probe::ProbeState::new(
                 probe::ProbeConfig {
@@ -1357,6 +1374,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
+    // The controller drains in-flight passes on SIGTERM/Ctrl-C; passes still
+    // waiting for a slot are not in flight yet and must not delay the exit.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            ctx.draining.send_replace(true);
+        });
+    }
     let ctx4 = ctx.clone();
     tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
     Controller::for_stream(cr_stream, reader)
@@ -1376,7 +1402,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
         .reconcile_all_on(tokio_stream_from(all_rx))
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        // No limit here: `Context::passes` limits passes, in arrival order.
+        .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -1390,6 +1417,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::leader::release(&lease_api, &lease_cfg).await;
     }
     Ok(())
+}
+
+/// The first SIGTERM or Ctrl-C (the same signals as `Controller::shutdown_on_signal`).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 /// Watch reconnection back-off: 0.5 s doubling to 5 s (with jitter), starting
