@@ -96,6 +96,10 @@ struct Args {
     /// Name of the control plane's work folder under target/testenv.
     #[arg(long, default_value = "bench")]
     label: String,
+    /// Seconds spent generating keys alone on every core before the run (the
+    /// bound "key generation alone allows"); 0 skips it.
+    #[arg(long, default_value_t = 5.0)]
+    keygen_seconds: f64,
     /// Internal: run the null writer in this process (KUBECONFIG names the cluster).
     #[arg(long, hide = true)]
     serve_null_writer: bool,
@@ -322,6 +326,89 @@ fn api_summary(before: &Counters, after: &Counters, n: usize) -> Value {
         "request_gets_per_issuance": per(cr_reads),
         "conflicts_409": conflicts,
         "breakdown": breakdown,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Key generation alone
+
+fn key_algorithm(args: &Args) -> p12_operator::pki::KeyAlgorithm {
+    use p12_operator::pki::KeyAlgorithm;
+    match (args.algorithm.as_str(), args.size) {
+        ("RSA", Some(3072)) => KeyAlgorithm::Rsa3072,
+        ("RSA", Some(4096)) => KeyAlgorithm::Rsa4096,
+        ("RSA", _) => KeyAlgorithm::Rsa2048,
+        ("Ed25519", _) => KeyAlgorithm::Ed25519,
+        (_, Some(384)) => KeyAlgorithm::EcdsaP384,
+        _ => KeyAlgorithm::EcdsaP256,
+    }
+}
+
+/// Generates keys of the run's algorithm on every core for about `seconds`
+/// (each thread finishes the key it is on) and returns what that rate allows:
+/// keys per second over all cores, and the mean time of one key on one thread.
+fn keygen_alone(args: &Args, seconds: f64) -> anyhow::Result<Value> {
+    let algorithm = key_algorithm(args);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let began = Instant::now();
+    let budget = Duration::from_secs_f64(seconds);
+    let per_thread: Vec<anyhow::Result<(usize, Duration)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut n = 0;
+                    let mut busy = Duration::ZERO;
+                    while began.elapsed() < budget || n == 0 {
+                        let t = Instant::now();
+                        p12_operator::pki::PrivateKey::generate(algorithm)?;
+                        busy += t.elapsed();
+                        n += 1;
+                    }
+                    Ok((n, busy))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("key generation panicked"))))
+            .collect()
+    });
+    let wall = began.elapsed().as_secs_f64();
+    let (mut keys, mut busy) = (0usize, 0.0f64);
+    for r in per_thread {
+        let (n, b) = r?;
+        keys += n;
+        busy += b.as_secs_f64();
+    }
+    let mean_ms = busy / keys as f64 * 1000.0;
+    Ok(json!({
+        "threads": threads,
+        "keys": keys,
+        "wall_seconds": (wall * 100.0).round() / 100.0,
+        "mean_ms_per_key": (mean_ms * 100.0).round() / 100.0,
+        "keys_per_second_all_cores": ((threads as f64 * 1000.0 / mean_ms) * 10.0).round() / 10.0,
+    }))
+}
+
+/// Issuance throughput against the key-generation bound: over all cores, and
+/// over the CPU the writer actually got during the wave.
+fn keygen_ratios(wave: &Value, keygen: &Value) -> Value {
+    let (Some(tput), Some(all), Some(mean_ms), Some(cpu), Some(total)) = (
+        wave["throughput_per_second"].as_f64(),
+        keygen["keys_per_second_all_cores"].as_f64(),
+        keygen["mean_ms_per_key"].as_f64(),
+        wave["cpu"]["writer_cpu_seconds"].as_f64(),
+        wave["all_done_seconds"].as_f64(),
+    ) else {
+        return Value::Null;
+    };
+    let writer_cores = if total > 0.0 { cpu / total } else { 0.0 };
+    let bound_on_writer_cpu = writer_cores * 1000.0 / mean_ms;
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "of_all_cores_bound": round(tput / all),
+        "writer_cores": round(writer_cores),
+        "of_writer_cpu_bound": if bound_on_writer_cpu > 0.0 { round(tput / bound_on_writer_cpu) } else { 0.0 },
     })
 }
 
@@ -745,6 +832,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.namespaces,
         args.unrelated_secrets
     );
+    let keygen = if args.keygen_seconds > 0.0 && !args.null_writer {
+        let k = tokio::task::block_in_place(|| keygen_alone(&args, args.keygen_seconds))?;
+        eprintln!(
+            "key generation alone: {} keys/s on {} cores ({} ms per key)",
+            k["keys_per_second_all_cores"], k["threads"], k["mean_ms_per_key"]
+        );
+        k
+    } else {
+        Value::Null
+    };
     let load_before = procfs::loadavg();
     let cluster = tokio::task::block_in_place(|| TestCluster::start(&args.label))
         .map_err(|e| anyhow!("{e}"))?;
@@ -904,6 +1001,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     issuance["cpu"] = cpu_delta(&cpu_before, &cpu_after);
     issuance["api"] = api_summary(&metrics_before, &metrics_after, n);
+    issuance["keygen_ratio"] = keygen_ratios(&issuance, &keygen);
     let (_, hwm) = procfs::rss_kib(writer.pid).unwrap_or((0, 0));
     issuance["writer_peak_rss_mib"] = json!(mib(hwm.max(peak_sampled)));
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
@@ -966,6 +1064,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         renewal["cpu"] = cpu_delta(&cpu_before, &cpu_after);
         renewal["api"] = api_summary(&metrics_before, &metrics_after, n);
+        renewal["keygen_ratio"] = keygen_ratios(&renewal, &keygen);
         let (_, hwm) = procfs::rss_kib(writer.pid).unwrap_or((0, 0));
         renewal["writer_peak_rss_mib"] = json!(mib(hwm.max(peak_sampled)));
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
@@ -993,6 +1092,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "null_concurrency": if args.null_writer { json!(args.null_concurrency) } else { Value::Null },
             "create_concurrency": args.create_concurrency,
         },
+        "keygen_alone": keygen,
         "writer_idle_rss_mib": mib(idle_rss),
         "issuance": issuance,
         "renewal": renewal,
@@ -1084,6 +1184,15 @@ fn print_table(r: &Value) {
             &["api", "secret_gets_per_issuance"],
         ),
         ("409 conflicts", &["api", "conflicts_409"]),
+        (
+            "throughput / keygen alone, all cores",
+            &["keygen_ratio", "of_all_cores_bound"],
+        ),
+        ("writer CPU share (cores)", &["keygen_ratio", "writer_cores"]),
+        (
+            "throughput / keygen on writer's CPU",
+            &["keygen_ratio", "of_writer_cpu_bound"],
+        ),
     ];
     let get = |v: &Value, path: &[&str]| {
         let mut cur = v;
@@ -1129,14 +1238,7 @@ mod null_writer {
     fn data_sizes(args: &Args) -> anyhow::Result<Vec<(String, usize)>> {
         use p12_operator::keystore::{Profile, build_keystore, build_truststore};
         use p12_operator::pki::*;
-        let algorithm = match (args.algorithm.as_str(), args.size) {
-            ("RSA", Some(3072)) => KeyAlgorithm::Rsa3072,
-            ("RSA", Some(4096)) => KeyAlgorithm::Rsa4096,
-            ("RSA", _) => KeyAlgorithm::Rsa2048,
-            ("Ed25519", _) => KeyAlgorithm::Ed25519,
-            (_, Some(384)) => KeyAlgorithm::EcdsaP384,
-            _ => KeyAlgorithm::EcdsaP256,
-        };
+        let algorithm = key_algorithm(args);
         let profile: Profile = args.profile.parse().map_err(|e: String| anyhow!(e))?;
         let now = jiff::Timestamp::now();
         let ca = CertificateAuthority::generate_self_signed(
