@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod duration;
+pub mod events;
 pub mod faults;
 pub mod inspect;
 pub mod keystore;

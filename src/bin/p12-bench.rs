@@ -370,7 +370,10 @@ fn keygen_alone(args: &Args, seconds: f64) -> anyhow::Result<Value> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("key generation panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("key generation panicked")))
+            })
             .collect()
     });
     let wall = began.elapsed().as_secs_f64();
@@ -1188,7 +1191,10 @@ fn print_table(r: &Value) {
             "throughput / keygen alone, all cores",
             &["keygen_ratio", "of_all_cores_bound"],
         ),
-        ("writer CPU share (cores)", &["keygen_ratio", "writer_cores"]),
+        (
+            "writer CPU share (cores)",
+            &["keygen_ratio", "writer_cores"],
+        ),
         (
             "throughput / keygen on writer's CPU",
             &["keygen_ratio", "of_writer_cpu_bound"],

@@ -9,10 +9,11 @@ pub mod ca;
 pub mod probe;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::events::{Kind as EventType, Recorder};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
@@ -23,7 +24,6 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -159,29 +159,52 @@ struct ManagedSecret {
 }
 
 /// What was last checked for a request, so an unchanged Secret is not re-read.
+/// One is kept per request for as long as it exists, so it is kept small: the
+/// inputs the Secret was built from are folded into one digest.
 #[derive(Clone, Debug, PartialEq)]
 struct Checked {
-    secret_version: String,
-    spec_hash: String,
-    profile: &'static str,
-    alias: String,
-    ca: String,
-    password: String,
-    renew_token: Option<String>,
+    secret_version: Box<str>,
+    /// [`inputs_digest`] of the plan, CA and password the Secret was built from.
+    inputs: [u8; 32],
+    renew_token: Option<Box<str>>,
     renewal_time: Timestamp,
-    serial: String,
+    serial: Box<str>,
+}
+
+/// Digest of everything a Secret's contents follow from, besides time.
+fn inputs_digest(plan: &Plan, ca_fingerprint: &str, password: Option<&SecretString>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        plan.spec_hash.as_str(),
+        plan.keystore_profile.name(),
+        plan.alias.as_str(),
+        ca_fingerprint,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    match password {
+        // A referenced password: its digest, so a changed password re-encrypts.
+        Some(p) => {
+            h.update([1]);
+            h.update(Sha256::digest(p.expose().as_bytes()));
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
 }
 
 pub struct Context {
     pub client: Client,
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
     policy: Policy,
     ca_settings: CaSettings,
     ca: RwLock<Result<Arc<CertificateAuthority>, CaProblem>>,
     ca_version: Mutex<Option<String>>,
     secrets: Mutex<HashMap<(String, String), ManagedSecret>>,
-    /// (namespace, Secret name) → requests that reference it (target or password).
-    refs: Mutex<HashMap<(String, String), HashSet<ObjectRef<CertificateRequest>>>>,
+    /// (namespace, Secret name) → names of the requests in that namespace that
+    /// reference it (target or password).
+    refs: Mutex<HashMap<(String, String), Vec<String>>>,
     checked: Mutex<HashMap<ObjectRef<CertificateRequest>, Checked>>,
     /// The status this process last wrote for each request, with the resulting
     /// resourceVersion: the cached request may lag behind our own write.
@@ -217,14 +240,36 @@ impl Context {
 
     fn register_refs(&self, cr: &CertificateRequest) {
         let ns = cr.namespace().unwrap_or_default();
-        let oref = ObjectRef::from_obj(cr);
+        let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
-        refs.entry((ns.clone(), cr.spec.secret_name.clone()))
-            .or_default()
-            .insert(oref.clone());
+        let mut add = |secret: &str| {
+            let names = refs.entry((ns.clone(), secret.to_string())).or_default();
+            if !names.contains(&name) {
+                names.reserve_exact(1);
+                names.push(name.clone());
+            }
+        };
+        add(&cr.spec.secret_name);
         if let Some(r) = &cr.spec.keystore.password_secret_ref {
-            refs.entry((ns, r.name.clone())).or_default().insert(oref);
+            add(&r.name);
         }
+    }
+
+    /// Drops what this process remembers about a deleted request.
+    fn forget(&self, cr: &CertificateRequest) {
+        let key = request_key(cr);
+        self.checked.lock().unwrap().remove(&key);
+        self.written.lock().unwrap().remove(&key);
+        self.failures.lock().unwrap().remove(&key);
+        let ns = cr.namespace().unwrap_or_default();
+        let name = cr.name_any();
+        let mut refs = self.refs.lock().unwrap();
+        refs.retain(|(n, _), names| {
+            if *n == ns {
+                names.retain(|x| *x != name);
+            }
+            !names.is_empty()
+        });
     }
 
     /// Requests to reconcile when a Secret changes.
@@ -238,7 +283,12 @@ impl Context {
             .lock()
             .unwrap()
             .get(&(ns.clone(), secret.name_any()))
-            .map(|s| s.iter().cloned().collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| ObjectRef::new(n).within(&ns))
+                    .collect()
+            })
             .unwrap_or_default();
         for owner in secret.owner_references() {
             if owner.kind == "CertificateRequest" && owner.controller == Some(true) {
@@ -288,7 +338,7 @@ impl Context {
     /// the status this process wrote last (resourceVersions are etcd revisions).
     fn current_status(&self, cr: &CertificateRequest) -> Option<CertificateRequestStatus> {
         let cached = cr.resource_version().and_then(|v| v.parse::<u64>().ok());
-        let oref = ObjectRef::from_obj(cr);
+        let oref = request_key(cr);
         let mut written = self.written.lock().unwrap();
         if let Some((version, status)) = written.get(&oref) {
             if cached.is_none_or(|c| c < *version) {
@@ -296,6 +346,10 @@ impl Context {
             }
             // The cache has caught up: forget our copy, it only bridged the lag.
             written.remove(&oref);
+            // A burst leaves a large, mostly empty table behind: give it back.
+            if written.capacity() > 1024 && written.len() * 4 < written.capacity() {
+                written.shrink_to_fit();
+            }
         }
         cr.status.clone()
     }
@@ -338,10 +392,6 @@ fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
         message: message.into(),
         retry: true,
     }
-}
-
-fn password_digest(p: &SecretString) -> String {
-    hex::encode(Sha256::digest(p.expose().as_bytes()))
 }
 
 /// Reads the password a request names. Never echoes its value.
@@ -439,6 +489,13 @@ enum Work {
     Nothing,
 }
 
+/// The key of a request in the operator's own maps: namespace and name only.
+/// (`ObjectRef::from_obj` also copies the uid and resourceVersion, which
+/// equality ignores; kept per request in several maps they add up.)
+pub(crate) fn request_key(cr: &CertificateRequest) -> ObjectRef<CertificateRequest> {
+    ObjectRef::new(&cr.name_any()).within(&cr.namespace().unwrap_or_default())
+}
+
 /// One reconcile pass for one request.
 pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     if cr.metadata.deletion_timestamp.is_some() {
@@ -485,7 +542,7 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
 
 async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     crate::faults::panic_point(&cr.name_any());
-    let oref = ObjectRef::from_obj(cr.as_ref());
+    let oref = request_key(cr.as_ref());
     ctx.register_refs(&cr);
 
     let outcome = async {
@@ -566,7 +623,7 @@ async fn converge(
     ca: &Arc<CertificateAuthority>,
 ) -> Result<Result<(CertificateRequestStatus, Timestamp), Refusal>, Error> {
     let ns = cr.namespace().unwrap_or_default();
-    let oref = ObjectRef::from_obj(cr);
+    let oref = request_key(cr);
     let uid = cr.uid().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
@@ -602,20 +659,12 @@ async fn converge(
     if let Some(m) = &meta {
         let last = ctx.checked.lock().unwrap().get(&oref).cloned();
         if let Some(last) = last {
-            let same = last.secret_version == m.resource_version
-                && last.spec_hash == plan.spec_hash
-                && last.profile == plan.keystore_profile.name()
-                && last.alias == plan.alias
-                && last.ca == ca.fingerprint()
-                && last.password
-                    == ref_password
-                        .as_ref()
-                        .map(password_digest)
-                        .unwrap_or_else(|| "generated".into())
-                && (renew_token.is_none() || last.renew_token == renew_token)
+            let same = *last.secret_version == *m.resource_version
+                && last.inputs == inputs_digest(plan, &ca.fingerprint(), ref_password.as_ref())
+                && (renew_token.is_none() || last.renew_token.as_deref() == renew_token.as_deref())
                 && Timestamp::now() < last.renewal_time;
             let st = ctx.current_status(cr).unwrap_or_default();
-            let status_current = st.serial_number.as_deref() == Some(last.serial.as_str())
+            let status_current = st.serial_number.as_deref() == Some(&*last.serial)
                 && status::get(&st.conditions, status::READY).is_some_and(|c| {
                     c.status == "True" && c.observed_generation == cr.metadata.generation
                 });
@@ -806,19 +855,11 @@ async fn converge(
     ctx.checked.lock().unwrap().insert(
         oref.clone(),
         Checked {
-            secret_version: written.resource_version().unwrap_or_default(),
-            spec_hash: plan.spec_hash.clone(),
-            profile: plan.keystore_profile.name(),
-            alias: plan.alias.clone(),
-            ca: ca.fingerprint(),
-            password: if generated {
-                "generated".into()
-            } else {
-                password_digest(&password)
-            },
-            renew_token: renew_token.clone(),
+            secret_version: written.resource_version().unwrap_or_default().into(),
+            inputs: inputs_digest(plan, &ca.fingerprint(), (!generated).then_some(&password)),
+            renew_token: renew_token.as_deref().map(Into::into),
             renewal_time: renewal,
-            serial: facts.serial_hex.clone(),
+            serial: facts.serial_hex.as_str().into(),
         },
     );
 
@@ -1043,17 +1084,15 @@ pub(crate) async fn publish(
     if !ctx.leadership.is_leader() {
         return;
     }
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(status::truncate(&note)),
-        action: action.into(),
-        secondary: None,
-    };
+    let note = status::truncate(&note);
+    let (reason, action) = (reason.to_string(), action.to_string());
     // Events are for people; they must not hold up the Secret or status writes.
     let (recorder, reference) = (ctx.recorder.clone(), cr.object_ref(&()));
     tokio::spawn(async move {
-        if let Err(e) = recorder.publish(&event, &reference).await {
+        if let Err(e) = recorder
+            .publish(&reference, type_, &reason, &action, &note)
+            .await
+        {
             tracing::warn!(error = %e, "failed to publish an event");
         }
     });
@@ -1089,7 +1128,7 @@ async fn write_status(
         ctx.written
             .lock()
             .unwrap()
-            .insert(ObjectRef::from_obj(cr), (version, status));
+            .insert(request_key(cr), (version, status));
     }
     Ok(())
 }
@@ -1134,7 +1173,7 @@ async fn report_refusal(
 
 /// Transient errors: back off per request, exponentially.
 pub fn error_policy(cr: Arc<CertificateRequest>, err: &Error, ctx: Arc<Context>) -> Action {
-    let oref = ObjectRef::from_obj(cr.as_ref());
+    let oref = request_key(cr.as_ref());
     if matches!(err, Error::NotLeader(_)) {
         return Action::await_change();
     }
@@ -1220,13 +1259,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (pod_reader, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(instance),
-            },
-        ),
+        recorder: Arc::new(Recorder::new(client.clone(), MANAGER, instance)),
         policy: policy(&args),
         ca_settings,
         ca: RwLock::new(ca),
@@ -1310,14 +1343,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
         .modify(|cr| {
+            // Not needed here, and `kubectl apply` copies the whole spec into it.
             cr.managed_fields_mut().clear();
+            cr.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
         })
         .reflect(writer)
         .inspect_ok({
-            let (metrics, health) = (metrics.clone(), health.clone());
+            let (metrics, health, forget_ctx) = (metrics.clone(), health.clone(), ctx.clone());
             move |ev| match ev {
                 watcher::Event::Delete(cr) => {
-                    metrics.forget(&cr.namespace().unwrap_or_default(), &cr.name_any())
+                    metrics.forget(&cr.namespace().unwrap_or_default(), &cr.name_any());
+                    forget_ctx.forget(cr);
                 }
                 watcher::Event::InitDone => health
                     .synced
@@ -1383,6 +1420,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ctx.draining.send_replace(true);
         });
     }
+    tokio::spawn(return_memory_when_idle(ctx.metrics.clone()));
     let ctx4 = ctx.clone();
     tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
     Controller::for_stream(cr_stream, reader)
@@ -1402,8 +1440,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
         .reconcile_all_on(tokio_stream_from(all_rx))
-        // No limit here: `Context::passes` limits passes, in arrival order.
-        .with_config(kube::runtime::controller::Config::default().concurrency(0))
+        // `Context::passes` limits passes, in arrival order; kube-runtime only
+        // bounds how many wait for a slot (see ADMITTED).
+        .with_config(kube::runtime::controller::Config::default().concurrency(ADMITTED))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -1417,6 +1456,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::leader::release(&lease_api, &lease_cfg).await;
     }
     Ok(())
+}
+
+/// Passes kube-runtime hands over at once; they then wait for one of the
+/// `--concurrency` slots in arrival order. kube-runtime's runner polls every
+/// admitted pass on each wake-up and keeps its table at the largest size it
+/// reached, so admitting everything costs CPU and memory in proportion to the
+/// backlog. Beyond this many due requests, kube-runtime picks the next one in
+/// no particular order (docs/benchmarks.md).
+const ADMITTED: u16 = 1024;
+
+/// After a burst of passes, hands the memory it freed back to the system.
+/// glibc's allocator keeps freed memory in its arenas, so without this the
+/// operator's resident size stays at the peak of its largest wave; one
+/// `malloc_trim` when the work stops costs a few milliseconds.
+async fn return_memory_when_idle(metrics: Arc<crate::metrics::Metrics>) {
+    let mut seen = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let passes = metrics.reconciles.get();
+        if passes != seen && metrics.in_flight.get() == 0 {
+            seen = passes;
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
 }
 
 /// The first SIGTERM or Ctrl-C (the same signals as `Controller::shutdown_on_signal`).

@@ -7,17 +7,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::events::Kind as EventType;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
-use super::{Context, Error, publish, status};
+use super::{Context, Error, publish, request_key, status};
 use crate::api::{CertificateRequest, CertificateRequestStatus, ProbeStatus};
 use crate::probe::pod::{self, ProbePod};
 use crate::probe::{ProbeReport, Reason};
@@ -226,7 +226,7 @@ pub async fn step(
         return Ok(None);
     };
     let ns = cr.namespace().unwrap_or_default();
-    let oref = ObjectRef::from_obj(cr);
+    let oref = request_key(cr);
     let Some(spec) = &cr.spec.probe else {
         status.conditions.retain(|c| c.type_ != status::VERIFIED);
         status.probe = None;
