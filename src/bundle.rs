@@ -23,6 +23,8 @@ pub const OWNED_KEYS: [&str; 6] = [KEYSTORE, TRUSTSTORE, PASSWORD, TLS_CRT, TLS_
 
 /// Annotations on the Secret (and some on the request).
 pub mod annotations {
+    /// Every annotation the operator reads or writes starts with this.
+    pub const PREFIX: &str = "p12-operator.io/";
     pub const REQUEST: &str = "p12-operator.io/request";
     pub const SERIAL: &str = "p12-operator.io/serial";
     pub const FINGERPRINT: &str = "p12-operator.io/fingerprint-sha256";

@@ -1343,10 +1343,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
         .modify(|cr| {
-            // Not needed here, and `kubectl apply` copies the whole spec into it.
+            // Keep only what reconciling reads: one copy of every request stays
+            // in memory. Labels and foreign annotations (`kubectl apply` copies
+            // the whole spec into one) are never read, and the cached object is
+            // never written back (status goes out as its own patch).
             cr.managed_fields_mut().clear();
+            cr.labels_mut().clear();
             cr.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
+                .retain(|k, _| k.starts_with(ann::PREFIX));
+            if cr.labels().is_empty() {
+                cr.metadata.labels = None;
+            }
+            if cr.annotations().is_empty() {
+                cr.metadata.annotations = None;
+            }
         })
         .reflect(writer)
         .inspect_ok({
