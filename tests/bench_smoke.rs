@@ -79,7 +79,10 @@ fn operator_smoke_run_reports_sensible_figures() {
     assert!(f(&r, &["keygen_alone", "keys"]) >= 1.0, "{r:#}");
     assert!(f(&r, &["keygen_alone", "mean_ms_per_key"]) > 0.0, "{r:#}");
     let ratio = f(&r, &["issuance", "keygen_ratio", "of_all_cores_bound"]);
-    assert!(ratio > 0.0 && ratio < 1.0, "5 ECDSA issuances cannot outrun key generation alone: {r:#}");
+    assert!(
+        ratio > 0.0 && ratio < 1.0,
+        "5 ECDSA issuances cannot outrun key generation alone: {r:#}"
+    );
     assert!(f(&r, &["writer_idle_rss_mib"]) > 0.0, "{r:#}");
     // Beside Events, an issuance is a Secret write and a status write; a small
     // run may add a retry, so allow some slack.
