@@ -93,6 +93,7 @@ impl Recent {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.by_key.len()
     }
@@ -220,11 +221,6 @@ impl Recorder {
             count: 1,
             last: now,
         })
-    }
-
-    /// Events currently remembered for series (bounded by [`CAPACITY`]).
-    pub fn remembered(&self) -> usize {
-        self.recent.lock().unwrap().len()
     }
 }
 

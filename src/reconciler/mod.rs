@@ -238,20 +238,27 @@ impl Context {
         self.ca.read().unwrap().clone()
     }
 
+    /// The Secrets a request names: its target and its password Secret.
+    fn referenced_secrets(cr: &CertificateRequest) -> impl Iterator<Item = &str> {
+        std::iter::once(cr.spec.secret_name.as_str()).chain(
+            cr.spec
+                .keystore
+                .password_secret_ref
+                .as_ref()
+                .map(|r| r.name.as_str()),
+        )
+    }
+
     fn register_refs(&self, cr: &CertificateRequest) {
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
-        let mut add = |secret: &str| {
+        for secret in Self::referenced_secrets(cr) {
             let names = refs.entry((ns.clone(), secret.to_string())).or_default();
             if !names.contains(&name) {
                 names.reserve_exact(1);
                 names.push(name.clone());
             }
-        };
-        add(&cr.spec.secret_name);
-        if let Some(r) = &cr.spec.keystore.password_secret_ref {
-            add(&r.name);
         }
     }
 
@@ -264,12 +271,15 @@ impl Context {
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
-        refs.retain(|(n, _), names| {
-            if *n == ns {
+        for secret in Self::referenced_secrets(cr) {
+            let key = (ns.clone(), secret.to_string());
+            if let Some(names) = refs.get_mut(&key) {
                 names.retain(|x| *x != name);
+                if names.is_empty() {
+                    refs.remove(&key);
+                }
             }
-            !names.is_empty()
-        });
+        }
     }
 
     /// Requests to reconcile when a Secret changes.
@@ -1348,12 +1358,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // the whole spec into one) are never read, and the cached object is
             // never written back (status goes out as its own patch).
             cr.managed_fields_mut().clear();
-            cr.labels_mut().clear();
+            cr.metadata.labels = None;
             cr.annotations_mut()
                 .retain(|k, _| k.starts_with(ann::PREFIX));
-            if cr.labels().is_empty() {
-                cr.metadata.labels = None;
-            }
             if cr.annotations().is_empty() {
                 cr.metadata.annotations = None;
             }
