@@ -20,6 +20,18 @@ pub struct Health {
     pub standby: AtomicBool,
     /// Set when the controller loop has ended unexpectedly.
     pub failed: AtomicBool,
+    /// Why no CA can be used right now (`None`: a CA is loaded).
+    ca_problem: std::sync::Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn set_ca_problem(&self, problem: Option<String>) {
+        *self.ca_problem.lock().unwrap() = problem;
+    }
+
+    pub fn ca_problem(&self) -> Option<String> {
+        self.ca_problem.lock().unwrap().clone()
+    }
 }
 
 fn response(status: &str, content_type: &str, body: &str) -> String {
@@ -52,6 +64,14 @@ pub fn route(path: &str, metrics: &Metrics, health: &Health, leadership: &Leader
             "200 OK",
             "text/plain",
             "ok: standby, waiting for the leader lease\n",
+        ),
+        "/readyz" if health.ca_problem().is_some() => response(
+            "503 Service Unavailable",
+            "text/plain",
+            &format!(
+                "not ready: no usable CA: {}\n",
+                health.ca_problem().unwrap_or_default()
+            ),
         ),
         "/readyz" if health.synced.load(Ordering::Relaxed) && leadership.is_leader() => {
             response("200 OK", "text/plain", "ok: leader, caches synced\n")
@@ -148,5 +168,22 @@ mod tests {
         assert!(route("/livez", &m, &h, &l).starts_with("HTTP/1.1 503"));
         assert!(route("/metrics", &m, &h, &l).contains("p12_leader 1"));
         assert!(route("/nope", &m, &h, &l).starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn not_ready_while_no_ca_is_usable() {
+        let (m, h, l) = (Metrics::new(), Health::default(), Leadership::always());
+        h.synced.store(true, Ordering::Relaxed);
+        h.set_ca_problem(Some(
+            "failed to read Secret p12/ca: connection refused".into(),
+        ));
+        let r = route("/readyz", &m, &h, &l);
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(
+            r.contains("no usable CA: failed to read Secret p12/ca"),
+            "{r}"
+        );
+        h.set_ca_problem(None);
+        assert!(route("/readyz", &m, &h, &l).starts_with("HTTP/1.1 200"));
     }
 }

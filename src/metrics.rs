@@ -51,6 +51,8 @@ pub struct Metrics {
     pub probes: Family<ReasonLabels, Counter>,
     pub probe_duration: Histogram,
     pub leader: Gauge,
+    pub events_dropped: Counter,
+    pub keys_generated: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +77,8 @@ impl Metrics {
             probes: Family::default(),
             probe_duration: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
             leader: Gauge::default(),
+            events_dropped: Counter::default(),
+            keys_generated: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +132,16 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader lease (always 1 without leader election)",
             m.leader.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not sent because too many were already being sent (the API server is slow or down)",
+            m.events_dropped.clone(),
+        );
+        registry.register(
+            "keys_generated",
+            "Private keys generated for certificates (none for a request refused before issuance)",
+            m.keys_generated.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -11,7 +11,6 @@ use crate::api::{
 };
 use crate::duration;
 use crate::keystore::Profile;
-use crate::pki::policy::validate_dns_name;
 use crate::pki::{CsrSubject, KeyAlgorithm, LeafProfile, Policy, SubjectAltNames, Usage};
 
 /// Everything the reconciler needs to issue and package one certificate.
@@ -51,13 +50,6 @@ pub struct PlanError {
 fn invalid(message: impl Into<String>) -> PlanError {
     PlanError {
         reason: "InvalidRequest",
-        message: message.into(),
-    }
-}
-
-fn forbidden(message: impl Into<String>) -> PlanError {
-    PlanError {
-        reason: "PolicyViolation",
         message: message.into(),
     }
 }
@@ -106,14 +98,6 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
 
     let lifetime =
         duration::parse(&spec.duration).map_err(|e| invalid(format!("duration: {e}")))?;
-    if lifetime < policy.min_duration || lifetime > policy.max_duration {
-        return Err(forbidden(format!(
-            "duration {} is outside what this installation issues ({} to {})",
-            spec.duration,
-            duration::format(policy.min_duration),
-            duration::format(policy.max_duration)
-        )));
-    }
     let renew_before = match &spec.renew_before {
         Some(text) => {
             let d = duration::parse(text).map_err(|e| invalid(format!("renewBefore: {e}")))?;
@@ -128,37 +112,6 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
         None => None,
     };
 
-    let total = spec.dns_names.len()
-        + spec.ip_addresses.len()
-        + spec.uris.len()
-        + spec.email_addresses.len();
-    if total == 0 && spec.common_name.is_none() {
-        return Err(invalid(
-            "give at least one of commonName, dnsNames, ipAddresses, uris or emailAddresses",
-        ));
-    }
-    if total > policy.max_sans {
-        return Err(forbidden(format!(
-            "{total} subject alternative names requested; at most {} are allowed",
-            policy.max_sans
-        )));
-    }
-    for (i, dns) in spec.dns_names.iter().enumerate() {
-        if dns.len() > policy.max_name_len {
-            return Err(invalid(format!(
-                "dnsNames[{i}] is longer than {} characters",
-                policy.max_name_len
-            )));
-        }
-        validate_dns_name(dns, policy.allow_wildcard_dns).map_err(|why| {
-            let what = format!("dnsNames[{i}] {dns:?} {why}");
-            if why.contains("does not issue") {
-                forbidden(what)
-            } else {
-                invalid(what)
-            }
-        })?;
-    }
     let mut ips = Vec::with_capacity(spec.ip_addresses.len());
     for (i, ip) in spec.ip_addresses.iter().enumerate() {
         let parsed: IpAddr = ip
@@ -166,50 +119,14 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
             .map_err(|_| invalid(format!("ipAddresses[{i}] {ip:?} is not an IP address")))?;
         ips.push(parsed);
     }
-    if !ips.is_empty() && !policy.allow_ip_sans {
-        return Err(forbidden(
-            "ipAddresses are not issued by this installation; use dnsNames",
-        ));
-    }
-    for (i, uri) in spec.uris.iter().enumerate() {
-        let scheme_ok = uri.split_once(':').is_some_and(|(s, rest)| {
-            !s.is_empty()
-                && !rest.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        });
-        if !scheme_ok || uri.chars().any(char::is_whitespace) {
-            return Err(invalid(format!("uris[{i}] {uri:?} is not an absolute URI")));
-        }
-    }
-    for (i, email) in spec.email_addresses.iter().enumerate() {
-        let ok = email
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && validate_dns_name(d, false).is_ok());
-        if !ok {
-            return Err(invalid(format!(
-                "emailAddresses[{i}] {email:?} is not an email address"
-            )));
-        }
-    }
 
     let key_algorithm = key_algorithm(spec.private_key.algorithm, spec.private_key.size)?;
     let mut usages: Vec<Usage> = Vec::new();
     for u in &spec.usages {
         let u = usage(*u);
-        if !u.fits_key(key_algorithm) {
-            return Err(invalid(format!(
-                "usage {u} does not fit a {key_algorithm} key"
-            )));
-        }
         if !usages.contains(&u) {
             usages.push(u);
         }
-    }
-    if usages.is_empty() {
-        return Err(invalid(
-            "usages must name at least one usage, e.g. serverAuth",
-        ));
     }
 
     let s = spec.subject.clone().unwrap_or_default();
@@ -233,6 +150,13 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
         usages,
         duration: lifetime,
     };
+    // The very checks the signer applies, before any key exists.
+    policy
+        .check_profile(&leaf, key_algorithm)
+        .map_err(|v| PlanError {
+            reason: v.reason(),
+            message: v.message().to_string(),
+        })?;
 
     let spec_hash = {
         let relevant = serde_json::json!({
@@ -266,6 +190,11 @@ pub fn plan(cr: &CertificateRequest, policy: &Policy) -> Result<Plan, PlanError>
     })
 }
 
+/// A certificate is used for at least this long (and at least a tenth of its
+/// lifetime) before it is renewed, whatever `renewBefore` says: a `renewBefore`
+/// just under `duration` would otherwise renew a second after each issuance.
+pub const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
 /// When to renew a certificate valid from `not_before` to `not_after`.
 pub fn renewal_time(
     plan: &Plan,
@@ -277,7 +206,10 @@ pub fn renewal_time(
         Some(d) if d < lifetime => d,
         _ => lifetime / 3,
     };
-    not_after - jiff::SignedDuration::try_from(before).unwrap_or_default()
+    let wanted = not_after - jiff::SignedDuration::try_from(before).unwrap_or_default();
+    let floor = (lifetime / 10).max(MIN_RENEWAL_INTERVAL).min(lifetime);
+    let earliest = not_before + jiff::SignedDuration::try_from(floor).unwrap_or_default();
+    wanted.max(earliest)
 }
 
 #[cfg(test)]
@@ -318,6 +250,87 @@ mod tests {
             renewal_time(&p, nb, na),
             nb + jiff::SignedDuration::from_hours(60)
         );
+    }
+
+    #[test]
+    fn renew_before_just_under_the_duration_cannot_renew_right_after_issuance() {
+        let p = plan(
+            &request("secretName: s\ndnsNames: [a.b]\nduration: 1h\nrenewBefore: 59m59s\n"),
+            &Policy::default(),
+        )
+        .unwrap();
+        // As signed: back-dated a minute, valid for the hour after issuance.
+        let issued: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let nb = issued - jiff::SignedDuration::from_mins(1);
+        let na = issued + jiff::SignedDuration::from_hours(1);
+        let at = renewal_time(&p, nb, na);
+        assert!(
+            at >= nb + jiff::SignedDuration::from_mins(6),
+            "renews at {at}, only {} after issuance",
+            at.duration_since(issued)
+        );
+        assert!(at < na);
+        // A sensible renewBefore is honoured exactly.
+        let p = plan(
+            &request("secretName: s\ndnsNames: [a.b]\nduration: 1h\nrenewBefore: 20m\n"),
+            &Policy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            renewal_time(&p, nb, na),
+            na - jiff::SignedDuration::from_mins(20)
+        );
+    }
+
+    #[test]
+    fn names_the_signer_would_refuse_are_refused_before_any_key() {
+        // Each of these passed planning before and was refused only at
+        // signing, after a key had been generated.
+        for (yaml, field) in [
+            (
+                "emailAddresses: ['a..b@example.com']\n",
+                "emailAddresses[0]",
+            ),
+            ("uris: ['1abc:rest']\n", "uris[0]"),
+            (
+                "dnsNames: [a.b]\nsubject: {countries: [de]}\n",
+                "countries[0]",
+            ),
+            (
+                "dnsNames: [a.b]\nsubject: {organizations: ['']}\n",
+                "organizations[0]",
+            ),
+        ] {
+            let err = plan(
+                &request(&format!("secretName: s\n{yaml}")),
+                &Policy::default(),
+            )
+            .expect_err(yaml);
+            assert_eq!(err.reason, "InvalidRequest", "{yaml}");
+            assert!(err.message.contains(field), "{yaml}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn every_plan_is_signable() {
+        // Whatever planning admits, the signing policy admits too.
+        for yaml in [
+            "dnsNames: [a.b, '*.c.d']\nipAddresses: ['10.0.0.1', '::1']\n",
+            "commonName: x\nuris: ['spiffe://c/ns/a']\nemailAddresses: [o.k@ex.am]\n",
+            "dnsNames: [a.b]\nsubject: {countries: [DE], organizations: [Shop]}\nusages: [serverAuth, clientAuth, keyAgreement]\n",
+        ] {
+            let p = plan(
+                &request(&format!("secretName: s\n{yaml}")),
+                &Policy::default(),
+            )
+            .expect(yaml);
+            let key = crate::pki::PrivateKey::generate(p.key_algorithm).unwrap();
+            let csr = crate::pki::build_csr(&key, &p.leaf.subject, &p.leaf.sans).unwrap();
+            let csr = crate::pki::VerifiedCsr::parse_and_verify(&csr).unwrap();
+            Policy::default()
+                .check(&p.leaf, &csr)
+                .unwrap_or_else(|v| panic!("{yaml}: {v}"));
+        }
     }
 
     #[test]

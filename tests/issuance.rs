@@ -850,6 +850,43 @@ async fn invalid_and_oversized_requests_are_refused_with_a_reason() {
         .contains("Too long")
     );
     assert!(rejected("{secretName: 'Not_A_Name', dnsNames: [a.b]}").contains("spec.secretName"));
+    // What would make the API server refuse the Secret is refused up front.
+    let long_name = kubectl_apply(
+        &format!(
+            "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {{name: {}}}\nspec: {{secretName: s, dnsNames: [a.b]}}\n",
+            "n".repeat(64)
+        ),
+        &ns,
+    );
+    assert!(
+        !long_name.status.success(),
+        "a 64-character name was accepted"
+    );
+    assert!(
+        text(&long_name).contains("metadata.name must be at most 63 characters"),
+        "{}",
+        text(&long_name)
+    );
+    assert!(
+        rejected("{secretName: s, dnsNames: [a.b], secretTemplate: {labels: {'bad key!': x}}}")
+            .contains("must be a valid label key")
+    );
+    assert!(
+        rejected("{secretName: s, dnsNames: [a.b], secretTemplate: {labels: {team: 'two words'}}}")
+            .contains("must be a valid label value")
+    );
+    assert!(
+        rejected(&format!(
+            "{{secretName: s, dnsNames: [a.b], secretTemplate: {{labels: {{team: {}}}}}}}",
+            "v".repeat(64)
+        ))
+        .contains("Too long")
+    );
+    let fine = kubectl_apply(
+        "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {name: labelled}\nspec: {secretName: labelled-tls, dnsNames: [a.b], secretTemplate: {labels: {'example.com/team': shop, empty: ''}, annotations: {'example.com/note': 'any text at all'}}}\n",
+        &ns,
+    );
+    assert!(fine.status.success(), "{}", text(&fine));
 
     // What only the operator can judge: a status reason and an Event, nothing written.
     apply(

@@ -50,6 +50,7 @@ use std::collections::BTreeMap;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name must be at most 63 characters: it becomes the value of the p12-operator.io/request label on the Secret"))]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.commonName) || size(self.dnsNames) + size(self.ipAddresses) + size(self.uris) + size(self.emailAddresses) > 0").message("give at least one of commonName, dnsNames, ipAddresses, uris or emailAddresses"))]
 #[x_kube(validation = Rule::new("size(self.dnsNames) + size(self.ipAddresses) + size(self.uris) + size(self.emailAddresses) <= 100").message("at most 100 subject alternative names (dnsNames, ipAddresses, uris and emailAddresses together)"))]
@@ -117,7 +118,9 @@ pub struct CertificateRequestSpec {
     pub duration: String,
 
     /// How long before expiry the certificate is renewed, e.g. `720h`. Default:
-    /// a third of the lifetime. Must be shorter than `duration`.
+    /// a third of the lifetime. Must be shorter than `duration`. Whatever it
+    /// says, a certificate is used for at least a tenth of its lifetime (and at
+    /// least 5 minutes) before it is renewed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 32),
@@ -313,12 +316,18 @@ pub enum KeystoreProfile {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretTemplate {
-    /// Labels added to the Secret.
+    /// Labels added to the Secret: valid Kubernetes label keys and values
+    /// (values at most 63 characters), at most 64 of them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    #[x_kube(validation = Rule::new(r"self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))").message("every secretTemplate.labels key must be a valid label key: an optional DNS-subdomain prefix and '/', then 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
+    #[x_kube(validation = Rule::new(r"self.all(k, self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$'))").message("every secretTemplate.labels value must be a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub labels: BTreeMap<String, String>,
     /// Annotations added to the Secret. Keys under `p12-operator.io/` are the
-    /// operator's own and cannot be set here.
+    /// operator's own and cannot be set here. At most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new(r"self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))").message("every secretTemplate.annotations key must be a valid annotation key: an optional DNS-subdomain prefix and '/', then 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('p12-operator.io/'))").message("annotations under p12-operator.io/ are reserved for the operator"))]
     pub annotations: BTreeMap<String, String>,
 }

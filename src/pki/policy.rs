@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::csr::{CsrSubject, VerifiedCsr};
+use super::keys::KeyAlgorithm;
 use super::signer::{LeafProfile, Usage};
 
 const HOUR: u64 = 3600;
@@ -48,17 +49,38 @@ impl Default for Policy {
 #[error("{message}")]
 pub struct PolicyViolation {
     message: String,
+    /// True when the request is well-formed but this installation's limits
+    /// refuse it; false when the request itself is malformed.
+    forbidden: bool,
 }
 
 impl PolicyViolation {
     fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            forbidden: false,
+        }
+    }
+
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            forbidden: true,
         }
     }
 
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The condition reason: `PolicyViolation` for what the installation's
+    /// limits refuse, `InvalidRequest` for what no installation could issue.
+    pub fn reason(&self) -> &'static str {
+        if self.forbidden {
+            "PolicyViolation"
+        } else {
+            "InvalidRequest"
+        }
     }
 }
 
@@ -67,22 +89,34 @@ type Checked = Result<(), PolicyViolation>;
 impl Policy {
     /// Checks the profile against the limits and the CSR against the profile.
     pub fn check(&self, profile: &LeafProfile, csr: &VerifiedCsr) -> Checked {
+        self.check_profile(profile, csr.key_algorithm())?;
+        if csr.requests_ca() {
+            return Err(PolicyViolation::new(
+                "the CSR asks for a CA certificate (basicConstraints CA:true, keyCertSign or cRLSign); only leaf certificates are issued",
+            ));
+        }
+        check_csr_matches(profile, csr)
+    }
+
+    /// Everything about a request that can be checked before a key exists:
+    /// the same rules [`Policy::check`] applies at signing, so a request that
+    /// passes here is never refused after its key was generated.
+    pub fn check_profile(&self, profile: &LeafProfile, algorithm: KeyAlgorithm) -> Checked {
         self.check_duration(profile.duration)?;
         self.check_names(profile)?;
-        check_usages(profile, csr)?;
-        check_csr_matches(profile, csr)
+        check_usages(profile, algorithm)
     }
 
     fn check_duration(&self, duration: Duration) -> Checked {
         if duration < self.min_duration {
-            return Err(PolicyViolation::new(format!(
+            return Err(PolicyViolation::forbidden(format!(
                 "duration {} is shorter than the minimum {}",
                 human(duration),
                 human(self.min_duration)
             )));
         }
         if duration > self.max_duration {
-            return Err(PolicyViolation::new(format!(
+            return Err(PolicyViolation::forbidden(format!(
                 "duration {} is longer than the maximum {}",
                 human(duration),
                 human(self.max_duration)
@@ -99,7 +133,7 @@ impl Policy {
             ));
         }
         if sans.len() > self.max_sans {
-            return Err(PolicyViolation::new(format!(
+            return Err(PolicyViolation::forbidden(format!(
                 "the request has {} names; at most {} dnsNames, ipAddresses, uris and emailAddresses together are allowed",
                 sans.len(),
                 self.max_sans
@@ -117,13 +151,16 @@ impl Policy {
         for (i, name) in sans.dns.iter().enumerate() {
             self.check_length("dnsNames", i, name)?;
             if let Err(why) = validate_dns_name(name, self.allow_wildcard_dns) {
-                return Err(PolicyViolation::new(format!(
-                    "dnsNames[{i}] {name:?} {why}"
-                )));
+                let message = format!("dnsNames[{i}] {name:?} {why}");
+                return Err(if why.contains("does not issue") {
+                    PolicyViolation::forbidden(message)
+                } else {
+                    PolicyViolation::new(message)
+                });
             }
         }
         if !self.allow_ip_sans && !sans.ips.is_empty() {
-            return Err(PolicyViolation::new(format!(
+            return Err(PolicyViolation::forbidden(format!(
                 "ipAddresses[0] {} is not allowed: this installation does not issue certificates for IP addresses",
                 sans.ips[0]
             )));
@@ -152,7 +189,7 @@ impl Policy {
 
     fn check_length(&self, field: &str, index: usize, name: &str) -> Checked {
         if name.len() > self.max_name_len {
-            return Err(PolicyViolation::new(format!(
+            return Err(PolicyViolation::forbidden(format!(
                 "{field}[{index}] is {} characters long; at most {} are allowed",
                 name.len(),
                 self.max_name_len
@@ -187,13 +224,12 @@ fn check_subject_values(subject: &CsrSubject) -> Checked {
     Ok(())
 }
 
-fn check_usages(profile: &LeafProfile, csr: &VerifiedCsr) -> Checked {
-    if csr.requests_ca() {
+fn check_usages(profile: &LeafProfile, algorithm: KeyAlgorithm) -> Checked {
+    if profile.usages.is_empty() {
         return Err(PolicyViolation::new(
-            "the CSR asks for a CA certificate (basicConstraints CA:true, keyCertSign or cRLSign); only leaf certificates are issued",
+            "usages must name at least one usage, e.g. serverAuth",
         ));
     }
-    let algorithm = csr.key_algorithm();
     for usage in &profile.usages {
         if !usage.fits_key(algorithm) {
             let needs = match usage {

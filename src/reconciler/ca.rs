@@ -19,6 +19,8 @@ pub struct CaSettings {
     pub algorithm: KeyAlgorithm,
     pub common_name: String,
     pub validity: Duration,
+    /// The API server's address, named in connection errors.
+    pub api_server: String,
 }
 
 /// Why no CA can be used; every request reports it until it is fixed.
@@ -68,20 +70,34 @@ pub fn from_secret(
 
 /// Loads the CA, creating a self-signed root when the Secret is absent and
 /// creation is allowed. An existing Secret is never overwritten, even when broken.
+/// Returns the CA and the resourceVersion of the Secret it came from.
 pub async fn ensure(
     api: &Api<Secret>,
     settings: &CaSettings,
-) -> Result<CertificateAuthority, CaProblem> {
+) -> Result<(CertificateAuthority, String), CaProblem> {
     let unavailable = |e: kube::Error| CaProblem {
         reason: "CAUnavailable",
-        message: format!("failed to read {}: {e}", location(settings)),
+        message: format!(
+            "failed to read {} from the API server at {}: {}",
+            location(settings),
+            settings.api_server,
+            crate::telemetry::error_chain(&e)
+        ),
+    };
+    let loaded = |secret: &Secret| {
+        from_secret(secret, settings).map(|ca| {
+            (
+                ca,
+                secret.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        })
     };
     if let Some(secret) = api
         .get_opt(&settings.secret_name)
         .await
         .map_err(unavailable)?
     {
-        return from_secret(&secret, settings);
+        return loaded(&secret);
     }
     if !settings.create {
         return Err(CaProblem {
@@ -140,9 +156,9 @@ pub async fn ensure(
         )
         .await
     {
-        Ok(_) => {
+        Ok(created) => {
             tracing::info!(secret = %location(settings), fingerprint = %ca.fingerprint(), "created a self-signed root CA");
-            Ok(ca)
+            Ok((ca, created.metadata.resource_version.unwrap_or_default()))
         }
         // Another replica won the race: use what it wrote.
         Err(kube::Error::Api(e)) if e.code == 409 => match api
@@ -150,7 +166,7 @@ pub async fn ensure(
             .await
             .map_err(unavailable)?
         {
-            Some(secret) => from_secret(&secret, settings),
+            Some(secret) => loaded(&secret),
             None => Err(CaProblem {
                 reason: "CAUnavailable",
                 message: format!("{} vanished while being created", location(settings)),
@@ -158,7 +174,107 @@ pub async fn ensure(
         },
         Err(e) => Err(CaProblem {
             reason: "CAUnavailable",
-            message: format!("failed to create {}: {e}", location(settings)),
+            message: format!(
+                "failed to create {} through the API server at {}: {}",
+                location(settings),
+                settings.api_server,
+                crate::telemetry::error_chain(&e)
+            ),
         }),
+    }
+}
+
+/// The next change of the CA Secret's version; never, once its watch is gone.
+async fn changed(seen: &mut tokio::sync::watch::Receiver<Option<String>>) {
+    if seen.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Back-off between attempts to load a CA the API server could not deliver.
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs((1u64 << attempt.min(6)).min(60))
+}
+
+/// Keeps `ctx.ca` loaded for the life of the process: the first attempt, then
+/// again whenever the CA Secret's version changes (`seen`, fed by a watch) and,
+/// while the API server could not be reached, with back-off until it can. A
+/// Secret that is missing or broken waits for a person (or a change) and is
+/// re-checked every few minutes. Every change of the CA revisits all requests
+/// through `revisit_all`. `first` is told once the first attempt is over.
+pub async fn keep_loaded(
+    ctx: std::sync::Arc<super::Context>,
+    api: Api<Secret>,
+    mut seen: tokio::sync::watch::Receiver<Option<String>>,
+    revisit_all: tokio::sync::mpsc::Sender<()>,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
+    let mut attempt = 0u32;
+    let mut last_problem: Option<String> = None;
+    loop {
+        let result = ensure(&api, &ctx.ca_settings).await;
+        let previous = ctx.ca().ok().map(|c| c.fingerprint());
+        let wait_for_change_of = match result {
+            Ok((ca, version)) => {
+                attempt = 0;
+                last_problem = None;
+                let fingerprint = ca.fingerprint();
+                if previous.as_deref() != Some(fingerprint.as_str()) {
+                    tracing::info!(fingerprint = %fingerprint, not_after = %ca.not_after(), "CA loaded");
+                    ctx.set_ca(Ok(std::sync::Arc::new(ca)));
+                    let _ = revisit_all.try_send(());
+                }
+                Some(version)
+            }
+            Err(problem) => {
+                // The same failure is logged once, not at every retry.
+                if last_problem.as_deref() != Some(problem.message.as_str()) {
+                    tracing::error!(reason = problem.reason, message = %problem.message, "no usable CA; requests report it until it is fixed");
+                    last_problem = Some(problem.message.clone());
+                } else {
+                    tracing::debug!(reason = problem.reason, "CA still unusable");
+                }
+                let transient = problem.reason == "CAUnavailable";
+                ctx.set_ca(Err(problem));
+                if previous.is_some() {
+                    let _ = revisit_all.try_send(());
+                }
+                if transient {
+                    attempt += 1;
+                    let delay = retry_delay(attempt);
+                    if let Some(f) = first.take() {
+                        let _ = f.send(());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = changed(&mut seen) => {}
+                    }
+                    continue;
+                }
+                None
+            }
+        };
+        if let Some(f) = first.take() {
+            let _ = f.send(());
+        }
+        match wait_for_change_of {
+            // Loaded: the next attempt is for a new version of the Secret.
+            Some(version) => {
+                let changed = seen
+                    .wait_for(|v| v.as_ref().is_some_and(|v| *v != version))
+                    .await;
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // Missing or broken: a person has to act; look again on any change.
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+                    _ = changed(&mut seen) => {}
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,10 @@
 
 pub mod ca;
 pub mod probe;
+pub mod secret_index;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,6 +42,7 @@ use crate::plan::{self, PasswordSource, Plan};
 use crate::probe::pod as probe_pod;
 use crate::sensitive::SecretString;
 use ca::{CaProblem, CaSettings};
+use secret_index::SecretIndex;
 
 /// Flags of `p12-operator run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -131,8 +135,8 @@ pub enum Error {
     Pki(#[from] pki::PkiError),
     #[error("{0}")]
     NotLeader(#[from] crate::leader::NotLeader),
-    #[error("the Secret index is still syncing")]
-    NotSynced,
+    #[error("the Secret changed while it was being written")]
+    SecretRaced,
     #[error("reconcile panicked: {0}")]
     Panicked(String),
 }
@@ -145,17 +149,10 @@ impl Error {
             Error::Keystore(_) => "KeystoreFailed",
             Error::Pki(_) => "IssuanceFailed",
             Error::NotLeader(_) => "NotLeader",
-            Error::NotSynced => "NotSynced",
+            Error::SecretRaced => "SecretRaced",
             Error::Panicked(_) => "Panicked",
         }
     }
-}
-
-/// Metadata of a Secret the operator manages (no data is cached).
-#[derive(Clone, Debug)]
-struct ManagedSecret {
-    resource_version: String,
-    controller_uid: Option<String>,
 }
 
 /// What was last checked for a request, so an unchanged Secret is not re-read.
@@ -197,14 +194,23 @@ fn inputs_digest(plan: &Plan, ca_fingerprint: &str, password: Option<&SecretStri
 pub struct Context {
     pub client: Client,
     recorder: Arc<Recorder>,
+    /// Events being sent at once; beyond this they are dropped (and counted).
+    events_in_flight: Arc<Semaphore>,
     policy: Policy,
     ca_settings: CaSettings,
     ca: RwLock<Result<Arc<CertificateAuthority>, CaProblem>>,
-    ca_version: Mutex<Option<String>>,
-    secrets: Mutex<HashMap<(String, String), ManagedSecret>>,
+    /// Readiness: `/readyz` fails while no CA is usable.
+    health: Arc<crate::admin::Health>,
+    secrets: Mutex<SecretIndex>,
     /// (namespace, Secret name) → names of the requests in that namespace that
     /// reference it (target or password).
     refs: Mutex<HashMap<(String, String), Vec<String>>>,
+    /// The Secret names each request referenced when last seen, so that a
+    /// changed `secretName` or password reference leaves nothing behind.
+    registered: Mutex<HashMap<ObjectRef<CertificateRequest>, Box<[Box<str>]>>>,
+    /// Requests to revisit outside the watches (e.g. their Secret vanished
+    /// during a watch gap).
+    revisit: tokio::sync::mpsc::UnboundedSender<ObjectRef<CertificateRequest>>,
     checked: Mutex<HashMap<ObjectRef<CertificateRequest>, Checked>>,
     /// The status this process last wrote for each request, with the resulting
     /// resourceVersion: the cached request may lag behind our own write.
@@ -221,10 +227,21 @@ pub struct Context {
     probe: Option<probe::ProbeState>,
     pub leadership: crate::leader::Leadership,
     pub metrics: Arc<crate::metrics::Metrics>,
-    secrets_synced: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) const MANAGER: &str = bundle::MANAGED_BY;
+
+/// What a [`Context`] is made from.
+pub struct ContextSettings {
+    pub instance: String,
+    pub policy: Policy,
+    pub ca: CaSettings,
+    pub concurrency: u16,
+    pub probe: Option<probe::ProbeState>,
+    pub leadership: crate::leader::Leadership,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub health: Arc<crate::admin::Health>,
+}
 
 fn post_params() -> PostParams {
     PostParams {
@@ -236,6 +253,58 @@ fn post_params() -> PostParams {
 impl Context {
     fn ca(&self) -> Result<Arc<CertificateAuthority>, CaProblem> {
         self.ca.read().unwrap().clone()
+    }
+
+    fn set_ca(&self, ca: Result<Arc<CertificateAuthority>, CaProblem>) {
+        self.health
+            .set_ca_problem(ca.as_ref().err().map(|p| p.message.clone()));
+        *self.ca.write().unwrap() = ca;
+    }
+
+    /// A context with empty caches and no CA loaded yet; the receiver yields
+    /// requests to revisit outside the watches.
+    pub fn new(
+        client: Client,
+        settings: ContextSettings,
+    ) -> (
+        Arc<Context>,
+        tokio::sync::mpsc::UnboundedReceiver<ObjectRef<CertificateRequest>>,
+    ) {
+        let (revisit, revisit_rx) = tokio::sync::mpsc::unbounded_channel();
+        let not_yet = CaProblem {
+            reason: "CAUnavailable",
+            message: "the CA has not been loaded yet".into(),
+        };
+        settings
+            .health
+            .set_ca_problem(Some(not_yet.message.clone()));
+        let ctx = Context {
+            recorder: Arc::new(Recorder::new(client.clone(), MANAGER, settings.instance)),
+            events_in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
+            client,
+            policy: settings.policy,
+            ca_settings: settings.ca,
+            ca: RwLock::new(Err(not_yet)),
+            health: settings.health,
+            secrets: Mutex::default(),
+            refs: Mutex::default(),
+            registered: Mutex::default(),
+            revisit,
+            checked: Mutex::default(),
+            written: Mutex::default(),
+            failures: Mutex::default(),
+            crypto: Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            ),
+            passes: Semaphore::new(usize::from(settings.concurrency.max(1))),
+            draining: tokio::sync::watch::channel(false).0,
+            probe: settings.probe,
+            leadership: settings.leadership,
+            metrics: settings.metrics,
+        };
+        (Arc::new(ctx), revisit_rx)
     }
 
     /// The Secrets a request names: its target and its password Secret.
@@ -250,10 +319,24 @@ impl Context {
     }
 
     fn register_refs(&self, cr: &CertificateRequest) {
+        let oref = request_key(cr);
+        let now: Box<[Box<str>]> = Self::referenced_secrets(cr).map(Into::into).collect();
+        let before = {
+            let mut registered = self.registered.lock().unwrap();
+            if registered.get(&oref) == Some(&now) {
+                return;
+            }
+            registered.insert(oref, now.clone())
+        };
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
-        for secret in Self::referenced_secrets(cr) {
+        for old in before.iter().flatten() {
+            if !now.contains(old) {
+                drop_ref(&mut refs, (ns.clone(), old.to_string()), &name);
+            }
+        }
+        for secret in now.iter() {
             let names = refs.entry((ns.clone(), secret.to_string())).or_default();
             if !names.contains(&name) {
                 names.reserve_exact(1);
@@ -263,22 +346,20 @@ impl Context {
     }
 
     /// Drops what this process remembers about a deleted request.
-    fn forget(&self, cr: &CertificateRequest) {
+    pub fn forget(&self, cr: &CertificateRequest) {
         let key = request_key(cr);
         self.checked.lock().unwrap().remove(&key);
         self.written.lock().unwrap().remove(&key);
         self.failures.lock().unwrap().remove(&key);
+        let registered = self.registered.lock().unwrap().remove(&key);
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
-        for secret in Self::referenced_secrets(cr) {
-            let key = (ns.clone(), secret.to_string());
-            if let Some(names) = refs.get_mut(&key) {
-                names.retain(|x| *x != name);
-                if names.is_empty() {
-                    refs.remove(&key);
-                }
-            }
+        let names: Vec<Box<str>> = registered
+            .map(Vec::from)
+            .unwrap_or_else(|| Self::referenced_secrets(cr).map(Into::into).collect());
+        for secret in names {
+            drop_ref(&mut refs, (ns.clone(), secret.to_string()), &name);
         }
     }
 
@@ -308,40 +389,24 @@ impl Context {
         out
     }
 
-    /// Keeps the index of managed Secrets in step with the watch.
-    fn observe_secret(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
-        let mut secrets = self.secrets.lock().unwrap();
-        let mut upsert = |s: &PartialObjectMeta<Secret>| {
-            let key = (s.namespace().unwrap_or_default(), s.name_any());
-            let managed = s.labels().get(bundle::MANAGED_BY_LABEL).map(String::as_str)
-                == Some(bundle::MANAGED_BY);
-            if managed {
-                let controller_uid = s
-                    .owner_references()
-                    .iter()
-                    .find(|o| o.controller == Some(true))
-                    .map(|o| o.uid.clone());
-                secrets.insert(
-                    key,
-                    ManagedSecret {
-                        resource_version: s.resource_version().unwrap_or_default(),
-                        controller_uid,
-                    },
-                );
-            } else {
-                secrets.remove(&key);
-            }
-        };
-        match event {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => upsert(s),
-            watcher::Event::Delete(s) => {
-                secrets.remove(&(s.namespace().unwrap_or_default(), s.name_any()));
-            }
-            watcher::Event::InitDone => self
-                .secrets_synced
-                .store(true, std::sync::atomic::Ordering::Release),
-            watcher::Event::Init => {}
+    /// Keeps the index of managed Secrets in step with the watch; requests
+    /// whose Secret a re-list showed gone are revisited.
+    pub fn observe_secret(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        let gone = self.secrets.lock().unwrap().apply(event);
+        if gone.is_empty() {
+            return;
         }
+        let refs = self.refs.lock().unwrap();
+        for (ns, secret) in gone {
+            tracing::debug!(namespace = %ns, secret = %secret, "Secret gone after a re-list");
+            for name in refs.get(&(ns.clone(), secret)).into_iter().flatten() {
+                let _ = self.revisit.send(ObjectRef::new(name).within(&ns));
+            }
+        }
+    }
+
+    fn secrets_synced(&self) -> bool {
+        self.secrets.lock().unwrap().synced()
     }
 
     /// The request's status as it stands: the cached copy, unless it predates
@@ -374,7 +439,17 @@ impl Context {
     }
 }
 
-/// Per-request exponential back-off: 5 s doubling to 5 min.
+fn drop_ref(refs: &mut HashMap<(String, String), Vec<String>>, key: (String, String), name: &str) {
+    if let Some(names) = refs.get_mut(&key) {
+        names.retain(|x| x != name);
+        if names.is_empty() {
+            refs.remove(&key);
+        }
+    }
+}
+
+/// Per-request exponential back-off after `failures` failed passes in a row:
+/// 10 s, 20 s, 40 s … up to 5 min.
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs((5u64 << failures.min(6)).min(300))
 }
@@ -511,10 +586,7 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
     if cr.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if !ctx
-        .secrets_synced
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
+    if !ctx.secrets_synced() {
         // Until every Secret has been listed once, "not in the index" cannot mean "absent".
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -570,7 +642,16 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
             Ok(ca) => ca,
             Err(p) => return Ok(Err(refuse(p.reason, p.message))),
         };
-        match converge(&cr, &ctx, &plan, &ca).await? {
+        // A pass that failed before reads the Secret first instead of trusting
+        // the index: a foreign Secret is then found before any key is made.
+        let force_get = ctx.failures(&oref) > 0;
+        let converged = match converge(&cr, &ctx, &plan, &ca, force_get).await {
+            // The Secret changed under us (or the index lagged): once more,
+            // from what is really there.
+            Err(Error::SecretRaced) => converge(&cr, &ctx, &plan, &ca, true).await,
+            other => other,
+        };
+        match converged? {
             Ok((mut status, renewal)) => {
                 let next_probe = probe::step(&cr, &ctx, &mut status, &ca.root_pem()).await?;
                 record_request_metrics(&ctx, &cr, &status);
@@ -631,6 +712,7 @@ async fn converge(
     ctx: &Context,
     plan: &Plan,
     ca: &Arc<CertificateAuthority>,
+    force_get: bool,
 ) -> Result<Result<(CertificateRequestStatus, Timestamp), Refusal>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let oref = request_key(cr);
@@ -638,12 +720,7 @@ async fn converge(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Whose is the Secret?
-    let meta = ctx
-        .secrets
-        .lock()
-        .unwrap()
-        .get(&(ns.clone(), plan.secret_name.clone()))
-        .cloned();
+    let meta = ctx.secrets.lock().unwrap().get(&ns, &plan.secret_name);
     if let Some(m) = &meta {
         if m.controller_uid.as_deref() != Some(uid.as_str()) {
             return Ok(Err(conflict(
@@ -666,7 +743,7 @@ async fn converge(
     let renew_token = cr.annotations().get(ann::RENEW_REQUESTED).cloned();
 
     // Fast path: the Secret is exactly what was last verified for this plan.
-    if let Some(m) = &meta {
+    if let Some(m) = meta.as_ref().filter(|_| !force_get) {
         let last = ctx.checked.lock().unwrap().get(&oref).cloned();
         if let Some(last) = last {
             let same = *last.secret_version == *m.resource_version
@@ -684,7 +761,7 @@ async fn converge(
         }
     }
 
-    let live = if meta.is_some() {
+    let live = if meta.is_some() || force_get {
         secrets.get_opt(&plan.secret_name).await?
     } else {
         None
@@ -697,10 +774,7 @@ async fn converge(
             .iter()
             .all(|o| o.uid != uid)
         {
-            return Ok(Err(conflict(
-                plan,
-                "it is not owned by this CertificateRequest",
-            )));
+            return Ok(Err(conflict(plan, FOREIGN)));
         }
     }
     let data = live
@@ -760,13 +834,16 @@ async fn converge(
                 .acquire()
                 .await
                 .map_err(|e| Error::Task(e.to_string()))?;
+            if reuse.is_none() {
+                ctx.metrics.keys_generated.inc();
+            }
             let (plan2, ca2) = (plan.clone(), ca.clone());
             let material = tokio::task::spawn_blocking(move || issue(&plan2, &ca2, reuse))
                 .await
                 .map_err(|e| Error::Task(e.to_string()))?;
             match material {
                 Ok(m) => (m, revision_now + 1, renew_token.clone()),
-                Err(IssueError::Policy(v)) => return Ok(Err(refuse("PolicyViolation", v))),
+                Err(IssueError::Policy(reason, v)) => return Ok(Err(refuse(reason, v))),
                 Err(IssueError::Pki(e)) => return Err(Error::Pki(e)),
             }
         }
@@ -835,28 +912,51 @@ async fn converge(
     if !matches!(work, Work::Nothing) {
         ctx.leadership.check()?;
     }
-    let written = match (&work, &live) {
-        (Work::Nothing, Some(l)) => l.clone(),
+    // The replace carries the live resourceVersion: a Secret changed since it
+    // was read is never overwritten blindly.
+    let result = match (&work, &live) {
+        (Work::Nothing, Some(l)) => Ok(l.clone()),
         (_, Some(_)) => {
             secrets
                 .replace(&plan.secret_name, &post_params(), &desired)
-                .await?
+                .await
         }
-        (_, None) => match secrets.create(&post_params(), &desired).await {
-            Ok(s) => s,
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                // Ours after all (the index lags, or a label was removed)? Then look again soon.
-                let existing = secrets.get_opt(&plan.secret_name).await?;
-                if existing.is_some_and(|s| s.owner_references().iter().any(|o| o.uid == uid)) {
-                    return Err(Error::NotSynced);
-                }
-                return Ok(Err(conflict(
-                    plan,
-                    "it already exists and is not managed by p12-operator",
-                )));
+        (_, None) => secrets.create(&post_params(), &desired).await,
+    };
+    let written = match result {
+        Ok(s) => s,
+        Err(kube::Error::Api(e)) if e.code == 409 && live.is_none() => {
+            // Ours after all (the index lagged)? Then start over from the live Secret.
+            let existing = secrets.get_opt(&plan.secret_name).await?;
+            if existing.is_some_and(|s| s.owner_references().iter().any(|o| o.uid == uid)) {
+                return Err(Error::SecretRaced);
             }
-            Err(e) => return Err(e.into()),
-        },
+            return Ok(Err(conflict(plan, FOREIGN)));
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::SecretRaced),
+        Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+            return Ok(Err(Refusal {
+                reason: "InvalidRequest",
+                message: format!(
+                    "the API server refused to write Secret {}: {}; fix the request (e.g. its name or secretTemplate)",
+                    plan.secret_name, e.message
+                ),
+                retry: false,
+            }));
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 => return Err(kube::Error::Api(e).into()),
+        Err(e) if matches!(work, Work::Issue { .. } | Work::Reencrypt { .. }) => {
+            // The Secret does not hold what the plan asks for: status must not say it does.
+            return Ok(Err(refuse(
+                "SecretWriteFailed",
+                format!(
+                    "failed to write Secret {}: {}; it does not hold a current certificate yet, retrying",
+                    plan.secret_name,
+                    crate::telemetry::error_chain(&e)
+                ),
+            )));
+        }
+        Err(e) => return Err(e.into()),
     };
     if !matches!(work, Work::Nothing) {
         crate::faults::crash_point("after-secret-write");
@@ -1019,6 +1119,10 @@ fn describe(reason: &str) -> &'static str {
     }
 }
 
+/// Why a Secret that exists but is not ours cannot be used; one sentence
+/// whichever way it was found, so a retry does not rewrite status.
+const FOREIGN: &str = "it already exists and is not owned by this CertificateRequest";
+
 fn conflict(plan: &Plan, why: &str) -> Refusal {
     refuse(
         "SecretConflict",
@@ -1036,7 +1140,7 @@ fn requeue_after(t: Timestamp) -> Duration {
 }
 
 enum IssueError {
-    Policy(String),
+    Policy(&'static str, String),
     Pki(pki::PkiError),
 }
 
@@ -1056,7 +1160,7 @@ fn issue(
     let csr = pki::VerifiedCsr::parse_and_verify(&csr_der).map_err(IssueError::Pki)?;
     Policy::default_for_signing(plan)
         .check(&plan.leaf, &csr)
-        .map_err(|v| IssueError::Policy(v.message().to_string()))?;
+        .map_err(|v| IssueError::Policy(v.reason(), v.message().to_string()))?;
     let cert = pki::sign(ca, &csr, &plan.leaf, Timestamp::now()).map_err(IssueError::Pki)?;
     crate::faults::crash_point("after-sign");
     Ok(Material {
@@ -1094,9 +1198,15 @@ pub(crate) async fn publish(
     if !ctx.leadership.is_leader() {
         return;
     }
+    // Events are for people; they must not hold up the Secret or status
+    // writes, nor pile up without bound while the API server is slow.
+    let Ok(permit) = ctx.events_in_flight.clone().try_acquire_owned() else {
+        ctx.metrics.events_dropped.inc();
+        tracing::debug!(reason, "dropped an event: too many are being sent");
+        return;
+    };
     let note = status::truncate(&note);
     let (reason, action) = (reason.to_string(), action.to_string());
-    // Events are for people; they must not hold up the Secret or status writes.
     let (recorder, reference) = (ctx.recorder.clone(), cr.object_ref(&()));
     tokio::spawn(async move {
         if let Err(e) = recorder
@@ -1105,6 +1215,7 @@ pub(crate) async fn publish(
         {
             tracing::warn!(error = %e, "failed to publish an event");
         }
+        drop(permit);
     });
 }
 
@@ -1201,10 +1312,14 @@ pub fn error_policy(cr: Arc<CertificateRequest>, err: &Error, ctx: Arc<Context>)
 
 /// `p12-operator run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
+    let api_server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
     let ca_settings = CaSettings {
+        api_server: api_server.trim_end_matches('/').to_string(),
         namespace: args.namespace.clone(),
         secret_name: args.ca_secret.clone(),
         create: args.ca_create,
@@ -1256,50 +1371,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
-    let ca_api: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
-    let ca = ca::ensure(&ca_api, &ca_settings).await.map(Arc::new);
-    match &ca {
-        Ok(ca) => {
-            tracing::info!(fingerprint = %ca.fingerprint(), not_after = %ca.not_after(), "CA loaded")
-        }
-        Err(p) => {
-            tracing::error!(reason = p.reason, message = %p.message, "no usable CA; requests will report it until it is fixed")
-        }
-    }
     let (pod_reader, pod_writer) = reflector::store::<Pod>();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        recorder: Arc::new(Recorder::new(client.clone(), MANAGER, instance)),
-        policy: policy(&args),
-        ca_settings,
-        ca: RwLock::new(ca),
-        ca_version: Mutex::new(None),
-        secrets: Mutex::default(),
-        refs: Mutex::default(),
-        checked: Mutex::default(),
-        written: Mutex::default(),
-        failures: Mutex::default(),
-        crypto: Semaphore::new(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-        ),
-        passes: Semaphore::new(usize::from(args.concurrency.max(1))),
-        draining: tokio::sync::watch::channel(false).0,
-        probe: (!args.disable_probes).then(|| {
-            probe::ProbeState::new(
-                probe::ProbeConfig {
-                    image: args.probe_image.clone(),
-                    grace: args.probe_grace,
-                    network_policy: args.probe_network_policy,
-                },
-                pod_reader.clone(),
-            )
-        }),
-        leadership: leadership.clone(),
-        metrics: metrics.clone(),
-        secrets_synced: std::sync::atomic::AtomicBool::new(false),
+    let (ctx, revisit_rx) = Context::new(
+        client.clone(),
+        ContextSettings {
+            instance,
+            policy: policy(&args),
+            ca: ca_settings,
+            concurrency: args.concurrency,
+            probe: (!args.disable_probes).then(|| {
+                probe::ProbeState::new(
+                    probe::ProbeConfig {
+                        image: args.probe_image.clone(),
+                        grace: args.probe_grace,
+                        network_policy: args.probe_network_policy,
+                    },
+                    pod_reader.clone(),
+                )
+            }),
+            leadership: leadership.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        },
+    );
+
+    // The CA: loaded before the controller starts, then kept loaded (retried
+    // while the API server cannot deliver it, reloaded when its Secret changes).
+    let ca_api: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let (all_tx, all_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (ca_seen_tx, ca_seen_rx) = tokio::sync::watch::channel::<Option<String>>(None);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(ca::keep_loaded(
+        ctx.clone(),
+        ca_api,
+        ca_seen_rx,
+        all_tx,
+        first_tx,
+    ));
+    let ca_meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &args.namespace);
+    let ca_filter = watcher::Config::default().fields(&format!("metadata.name={}", args.ca_secret));
+    tokio::spawn(async move {
+        let mut events = watcher(ca_meta, ca_filter).backoff(watch_backoff()).boxed();
+        while let Some(ev) = events.next().await {
+            let version = match ev {
+                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
+                    s.resource_version().unwrap_or_default()
+                }
+                Ok(watcher::Event::Delete(_)) => "deleted".to_string(),
+                _ => continue,
+            };
+            ca_seen_tx.send_if_modified(|v| {
+                let changed = v.as_deref() != Some(version.as_str());
+                *v = Some(version);
+                changed
+            });
+        }
     });
+    let _ = first_rx.await;
 
     let (crs, secrets, pods, slices): (
         Api<CertificateRequest>,
@@ -1391,43 +1519,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .inspect_ok(move |ev| ctx2.observe_secret(ev))
         .touched_objects();
 
-    // Reload the CA when its Secret changes, then revisit every request.
-    let (all_tx, all_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let ctx3 = ctx.clone();
-    let ca_api2 = ca_api.clone();
-    let ca_meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &args.namespace);
-    let ca_filter = watcher::Config::default().fields(&format!("metadata.name={}", args.ca_secret));
-    tokio::spawn(async move {
-        let mut events = watcher(ca_meta, ca_filter).backoff(watch_backoff()).boxed();
-        while let Some(ev) = events.next().await {
-            let version = match ev {
-                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
-                    s.resource_version()
-                }
-                Ok(watcher::Event::Delete(_)) => Some("deleted".to_string()),
-                _ => continue,
-            };
-            let previous = ctx3
-                .ca_version
-                .lock()
-                .unwrap()
-                .replace(version.clone().unwrap_or_default());
-            // The first sighting is the Secret loaded at start-up.
-            if previous.is_none() || previous == version {
-                continue;
-            }
-            let loaded = ca::ensure(&ca_api2, &ctx3.ca_settings).await.map(Arc::new);
-            match &loaded {
-                Ok(ca) => tracing::info!(fingerprint = %ca.fingerprint(), "CA reloaded"),
-                Err(p) => {
-                    tracing::error!(reason = p.reason, message = %p.message, "CA Secret changed and cannot be used")
-                }
-            }
-            *ctx3.ca.write().unwrap() = loaded;
-            let _ = all_tx.try_send(());
-        }
-    });
-
     // The controller drains in-flight passes on SIGTERM/Ctrl-C; passes still
     // waiting for a slot are not in flight yet and must not delay the exit.
     {
@@ -1457,6 +1548,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
         .reconcile_all_on(tokio_stream_from(all_rx))
+        .reconcile_on(futures::stream::poll_fn({
+            let mut rx = revisit_rx;
+            move |cx| rx.poll_recv(cx)
+        }))
         // `Context::passes` limits passes, in arrival order; kube-runtime only
         // bounds how many wait for a slot (see ADMITTED).
         .with_config(kube::runtime::controller::Config::default().concurrency(ADMITTED))
@@ -1474,6 +1569,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Events sent at once (client-go's broadcaster queues 1,000 and drops the rest).
+const EVENTS_IN_FLIGHT: usize = 1024;
 
 /// Passes kube-runtime hands over at once; they then wait for one of the
 /// `--concurrency` slots in arrival order. kube-runtime's runner polls every
