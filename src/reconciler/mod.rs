@@ -1480,6 +1480,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (reader, writer) = reflector::store();
     let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
+        .inspect({
+            let health = health.clone();
+            move |item| health.watch_result("CertificateRequest", item)
+        })
         .modify(|cr| {
             // Keep only what reconciling reads: one copy of every request stays
             // in memory. Labels and foreign annotations (`kubectl apply` copies
@@ -1512,6 +1516,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx2 = ctx.clone();
     let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
+        .inspect({
+            let health = health.clone();
+            move |item| health.watch_result("Secret", item)
+        })
         .modify(|s| {
             s.managed_fields_mut().clear();
             s.annotations_mut().clear();
@@ -1530,6 +1538,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tokio::spawn(return_memory_when_idle(ctx.metrics.clone()));
     let ctx4 = ctx.clone();
+    let mut draining = ctx.draining.subscribe();
     tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
     Controller::for_stream(cr_stream, reader)
         // Each watch above backs off on its own; this only guards the merged stream.
@@ -1563,9 +1572,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
         .await;
+    // The controller ends only on SIGTERM/Ctrl-C, which also sets `draining`
+    // (from another task, hence the short wait); anything else is a defect.
+    let signalled = tokio::time::timeout(Duration::from_secs(1), draining.wait_for(|d| *d))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !signalled {
+        health.fail("the controller loop ended without a shutdown signal");
+    }
     tracing::info!("controller stopped; in-flight reconciles drained");
     if args.leader_elect {
         crate::leader::release(&lease_api, &lease_cfg).await;
+    }
+    if !signalled {
+        anyhow::bail!("failed to keep the controller running: it ended without a shutdown signal");
     }
     Ok(())
 }
