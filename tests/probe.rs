@@ -659,3 +659,113 @@ async fn each_failure_is_named_for_what_the_endpoint_did() {
         );
     }
 }
+
+/// A TLS server config for `san` signed by `issuer`.
+fn signed_config(san: String, issuer: &Issuer<'static, KeyPair>) -> Arc<ServerConfig> {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::DnsName(san.try_into().unwrap())];
+    p.use_authority_key_identifier_extension = true;
+    let cert = p.signed_by(&key, issuer).unwrap();
+    server_config(key.serialize_der(), vec![cert.der().to_vec()])
+}
+
+fn verified_condition(cr: &CertificateRequest) -> String {
+    cr.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Verified")
+        .unwrap()
+        .message
+        .clone()
+}
+
+#[tokio::test]
+async fn every_one_of_25_endpoints_is_probed_and_one_stale_endpoint_fails_verification() {
+    operator();
+    let client = cluster().client().await.unwrap();
+    let ns = restricted_namespace(&client, "many").await;
+    request(&ns, "many", "many");
+    let secret = ready_secret(&client, &ns, "many").await;
+    let issued = config_from_secret(&secret);
+    let ips: Vec<IpAddr> = (0..25).map(|_| net().add_host().unwrap().into()).collect();
+    for ip in &ips[..24] {
+        RustServer::start(SocketAddr::new(*ip, 8443), issued.clone());
+    }
+    // The last address sorts last, beyond the first pod's batch: it serves a
+    // certificate the CA signed for the right name, but not the issued one.
+    let stale = RustServer::start(
+        SocketAddr::new(ips[24], 8443),
+        signed_config(format!("many.{ns}.svc"), &test_ca().issuer),
+    );
+    service(&ns, "many", &ips, 8443);
+
+    let cr = verified(&client, &ns, "many", "False", "StaleCertificate").await;
+    let message = verified_condition(&cr);
+    assert!(
+        message.starts_with(&format!(
+            "1 of 25 endpoints fail: {}:8443: StaleCertificate",
+            ips[24]
+        )),
+        "{message}"
+    );
+    let endpoints = cr.status.unwrap().probe.unwrap().endpoints;
+    assert_eq!(endpoints.len(), 25, "status lists every endpoint");
+    assert_eq!(
+        endpoints
+            .iter()
+            .filter(|e| e.verified && e.matches_issued)
+            .count(),
+        24
+    );
+
+    // The stale workload reloads; a probe on request verifies all 25.
+    stale.reload(issued);
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {"p12-operator.io/probe-requested-at": "after-reload"}}});
+    api.patch("many", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let cr = verified(&client, &ns, "many", "True", "Verified").await;
+    assert_eq!(
+        verified_condition(&cr),
+        "all 25 endpoints serve the issued certificate"
+    );
+    let probe = cr.status.unwrap().probe.unwrap();
+    assert_eq!(probe.endpoints.len(), 25);
+    assert!(
+        probe
+            .endpoints
+            .iter()
+            .all(|e| e.verified && e.matches_issued)
+    );
+}
+
+#[tokio::test]
+async fn a_service_whose_only_port_is_unnamed_is_probed() {
+    operator();
+    let client = cluster().client().await.unwrap();
+    let ns = restricted_namespace(&client, "unnamed").await;
+    request(&ns, "plain", "plain");
+    let secret = ready_secret(&client, &ns, "plain").await;
+    let ip: IpAddr = net().add_host().unwrap().into();
+    RustServer::start(SocketAddr::new(ip, 8443), config_from_secret(&secret));
+    // The most common shape: `port: 443, targetPort: 8443`, no port name; the
+    // EndpointSlice's port has no name either.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: plain}}\nspec: {{ports: [{{port: 443, targetPort: 8443}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: plain-1, labels: {{kubernetes.io/service-name: plain}}}}\naddressType: IPv4\nports: [{{port: 8443, protocol: TCP}}]\nendpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n"
+    );
+    let out = kubectl_apply(&yaml, &ns);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cr = verified(&client, &ns, "plain", "True", "Verified").await;
+    assert_eq!(
+        verified_condition(&cr),
+        "all 1 endpoints serve the issued certificate"
+    );
+}

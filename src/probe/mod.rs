@@ -736,6 +736,37 @@ mod tests {
     }
 
     #[test]
+    fn a_full_batch_of_the_largest_results_fits_the_termination_message() {
+        let longest = ProbeResult {
+            address: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".into(),
+            verified: false,
+            served_fingerprint_sha256: Some("f".repeat(64)),
+            matches_issued: Some(false),
+            tls_version: Some("TLSv1.2".into()),
+            cipher_suite: Some("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256".into()),
+            // The handshake timeout is at most 60 s.
+            handshake_millis: Some(60_000),
+            message: "m".repeat(500),
+            reason: Reason::HostnameMismatch,
+            serial: Some("7f".repeat(20)),
+            not_after: Some("9999-01-01T23:59:59.999999999Z".parse().unwrap()),
+            chain_length: 99,
+        };
+        let report = ProbeReport {
+            endpoints: vec![longest; pod::MAX_ENDPOINTS],
+            probed_at: "9999-01-01T23:59:59.999999999Z".parse().unwrap(),
+            omitted_endpoints: 0,
+        };
+        let parsed =
+            ProbeReport::from_json(&report.termination_message(TERMINATION_MESSAGE_LIMIT)).unwrap();
+        assert_eq!(
+            (parsed.endpoints.len(), parsed.omitted_endpoints),
+            (pod::MAX_ENDPOINTS, 0),
+            "no endpoint of a batch is dropped"
+        );
+    }
+
+    #[test]
     fn exit_code_is_zero_only_when_every_endpoint_is_verified() {
         let ok = judge(handshake(vec![leaf()], Ok(())), None, "web.shop.svc");
         let bad = ProbeResult {

@@ -16,12 +16,18 @@ pub const COMPONENT: &str = "probe";
 /// Names the one probe pod a NetworkPolicy selects.
 pub const POD_LABEL: &str = "p12-operator.io/probe-pod";
 /// At most this many endpoints per probe pod: the results travel back in the
-/// container's termination message, which Kubernetes caps at 4 KiB.
-pub const MAX_ENDPOINTS: usize = 10;
+/// container's termination message, which Kubernetes caps at 4 KiB. More
+/// endpoints are probed in batches, one pod after another.
+pub const MAX_ENDPOINTS: usize = 8;
+/// Batches alternate between this many pod names, so the next batch need not
+/// wait for the previous pod to be gone; a request never has more probe pods.
+pub const SLOTS: usize = 2;
 
 /// What goes into a probe pod.
 pub struct ProbePod<'a> {
     pub request: &'a CertificateRequest,
+    /// One of the request's [`slot_names`].
+    pub name: &'a str,
     pub image: &'a str,
     pub endpoints: &'a [SocketAddr],
     /// SNI and verified host name, `<service>.<namespace>.svc`.
@@ -43,6 +49,24 @@ pub fn pod_name(request: &CertificateRequest) -> String {
     format!("{}-probe-{digest}", prefix.trim_end_matches(['-', '.']))
 }
 
+/// The names a request's probe pods can have: one per slot, so the API server
+/// itself guarantees at most [`SLOTS`] at a time.
+pub fn slot_names(request: &CertificateRequest) -> [String; SLOTS] {
+    let first = pod_name(request);
+    // The second name keeps within 63 characters by giving up one of the prefix.
+    let second = match first.rsplit_once("-probe-") {
+        Some((prefix, digest)) => {
+            let prefix: String = prefix
+                .chars()
+                .take(63 - "-probe2-".len() - digest.len())
+                .collect();
+            format!("{}-probe2-{digest}", prefix.trim_end_matches(['-', '.']))
+        }
+        None => format!("{first}2"),
+    };
+    [first, second]
+}
+
 /// How long the pod may run: every endpoint's connect and handshake, plus start-up.
 pub fn deadline(handshake_timeout: Duration) -> Duration {
     handshake_timeout * 2 + Duration::from_secs(30)
@@ -53,9 +77,9 @@ pub fn deadline(handshake_timeout: Duration) -> Duration {
 /// ingress at all. Owned by the request; deleted with the pod.
 pub fn network_policy(
     request: &CertificateRequest,
+    name: &str,
     endpoints: &[SocketAddr],
 ) -> k8s_openapi::api::networking::v1::NetworkPolicy {
-    let name = pod_name(request);
     let egress: Vec<serde_json::Value> = endpoints
         .iter()
         .map(|e| {
@@ -108,13 +132,13 @@ impl ProbePod<'_> {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": pod_name(cr),
+                "name": self.name,
                 "namespace": cr.namespace(),
                 "labels": {
                     MANAGED_BY_LABEL: MANAGED_BY,
                     REQUEST_LABEL: cr.name_any(),
                     COMPONENT_LABEL: COMPONENT,
-                    POD_LABEL: pod_name(cr),
+                    POD_LABEL: self.name,
                 },
                 "ownerReferences": [owner],
             },
@@ -178,6 +202,7 @@ mod tests {
         let eps: Vec<SocketAddr> = vec!["10.0.0.7:8443".parse().unwrap()];
         let pod = ProbePod {
             request: &cr,
+            name: &pod_name(&cr),
             image: "ghcr.io/p12-operator/p12-operator:0.1.0",
             endpoints: &eps,
             server_name: "web.shop.svc",
@@ -215,5 +240,21 @@ mod tests {
         let mut other = request("web");
         other.metadata.uid = Some("5678".into());
         assert_ne!(pod_name(&request("web")), pod_name(&other));
+    }
+
+    #[test]
+    fn the_slot_names_differ_and_fit_kubernetes_limits() {
+        for name in [
+            "web".to_string(),
+            "x".repeat(253),
+            format!("{}-y", "x".repeat(46)),
+        ] {
+            let [a, b] = slot_names(&request(&name));
+            assert_ne!(a, b);
+            assert_eq!(a, pod_name(&request(&name)));
+            for n in [&a, &b] {
+                assert!(n.len() <= 63 && !n.contains("--"), "{n}");
+            }
+        }
     }
 }

@@ -348,6 +348,9 @@ impl Context {
     /// Drops what this process remembers about a deleted request.
     pub fn forget(&self, cr: &CertificateRequest) {
         let key = request_key(cr);
+        if let Some(probe) = &self.probe {
+            probe.forget(&key);
+        }
         self.checked.lock().unwrap().remove(&key);
         self.written.lock().unwrap().remove(&key);
         self.failures.lock().unwrap().remove(&key);
