@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 /// Inputs under `fuzz/regressions/` that reproduce a bug not fixed yet: (target, file).
 const KNOWN_BUGS: &[(&str, &str)] = &[
-    ("keystore", "scrypt-inside-encrypted-safe.p12"),
     ("plan", "common-name-empty.json"),
     ("plan", "uri-longer-than-253.json"),
     ("plan", "email-local-part-paren.json"),
@@ -157,33 +156,57 @@ fn duration() {
     assert!(replay("duration") > 0);
 }
 
-/// A 175-byte keystore without a MAC whose one encrypted safe names scrypt with
-/// N = 2^20, r = 8, p = 16: p12-keystore's limits (memory ≤ 1 GiB, p ≤ 16) admit
-/// it, so `read_keystore` allocated 1 GiB and ran 16 scrypt lanes (~40 s of CPU)
-/// before any password check. Fixed by `keystore::p12::check_cost` (refused, fast).
-#[test]
-fn regression_keystore_scrypt_is_refused_quickly() {
-    let path = fuzz_dir().join("regressions/keystore/scrypt-1gib-p16-no-mac.p12");
-    let started = Instant::now();
+/// Opens a regression keystore as `inspect` and the harness do; it must be
+/// refused as too costly, with the limit in the message.
+fn keystore_refusal(file: &str) -> String {
+    let path = fuzz_dir().join("regressions/keystore").join(file);
     let error = p12_operator::keystore::read_keystore(
         &std::fs::read(path).unwrap(),
         &p12_operator::sensitive::SecretString::from(harness::PASSWORD),
     )
     .unwrap_err();
-    assert_eq!(error.reason(), "KeystoreTooCostly");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(error.reason(), "KeystoreTooCostly", "{file}: {error}");
+    error.to_string()
 }
 
-/// The same scrypt parameters one level down, where `check_cost`'s scan of the
-/// clear bytes cannot see them: a PKCS#8 shrouded key bag inside a safe that is
-/// itself encrypted (PBES2, PBKDF2-HMAC-SHA256 2048 iterations, AES-256-CBC)
-/// under the keystore's password. Whoever can write the Secret can read its
-/// `keystore-password`, so this reaches `bundle::assess` on every reconcile:
-/// 1 GiB allocated and ~40 s of CPU (the chart's memory limit is 256 MiB).
+/// A 175-byte keystore without a MAC whose one encrypted safe names scrypt with
+/// N = 2^20, r = 8, p = 16: p12-keystore's limits (memory ≤ 1 GiB, p ≤ 16) admit
+/// it, so `read_keystore` allocated 1 GiB and ran 16 scrypt lanes (~40 s of CPU)
+/// before any password check. Refused by `keystore::cost::check_cost`.
 #[test]
-#[ignore = "bug: keystore::p12::check_cost does not see KDF parameters inside encrypted safes; scrypt 1 GiB still runs (see docs/fuzzing.md)"]
-fn known_bug_keystore_scrypt_inside_an_encrypted_safe() {
-    known_bug("keystore", "scrypt-inside-encrypted-safe.p12");
+fn regression_keystore_scrypt_is_refused() {
+    let message = keystore_refusal("scrypt-1gib-p16-no-mac.p12");
+    assert!(
+        message.contains("1024 MiB of memory (N = 1048576, r = 8); the limit is 32 MiB"),
+        "{message}"
+    );
+}
+
+/// The same scrypt parameters one level down, where a scan of the clear bytes
+/// cannot see them: a PKCS#8 shrouded key bag inside a safe that is itself
+/// encrypted (PBES2, PBKDF2-HMAC-SHA256 2048 iterations, AES-256-CBC) under the
+/// keystore's password. Whoever can write the Secret can read its
+/// `keystore-password`, so `inspect --secret` took 1 GiB and ~40 s of CPU.
+/// `check_cost` decrypts the safe (its own parameters checked first) and finds them.
+#[test]
+fn regression_keystore_scrypt_inside_an_encrypted_safe_is_refused() {
+    let message = keystore_refusal("scrypt-inside-encrypted-safe.p12");
+    assert!(message.contains("the limit is 32 MiB"), "{message}");
+}
+
+/// A shrouded key bag asking for 2^31 PBKDF2 iterations, inside a safe encrypted
+/// as above (2048 iterations, password `fuzz-password`), no MAC; 335 bytes,
+/// written by hand (DER) with AES from Python's `cryptography`. Refused by name
+/// of the limit, before any derivation of that count runs.
+#[test]
+fn regression_keystore_pbkdf2_2pow31_inside_an_encrypted_safe_is_refused() {
+    let message = keystore_refusal("pbkdf2-2pow31-inside-encrypted-safe.p12");
+    assert!(
+        message.contains(
+            "a PBKDF2 key derivation asks for 2147483648 iterations; the limit is 1000000"
+        ),
+        "{message}"
+    );
 }
 
 /// The fixture CA certificate with its EC curve OID changed from P-256
