@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -11,6 +13,7 @@ use crate::keystore::{self, Profile};
 use crate::pki::{self, CertificateAuthority, PrivateKey};
 use crate::plan::Plan;
 use crate::sensitive::SecretString;
+use sha2::Sha256;
 
 pub const KEYSTORE: &str = "keystore.p12";
 pub const TRUSTSTORE: &str = "truststore.p12";
@@ -235,7 +238,10 @@ pub fn assess(
     // The keystores are checked by a MAC the operator wrote beside them, never by
     // decoding them: files someone else put there are not ours to parse (hostile
     // PKCS#12 parameters can cost a GiB), and a MAC is cheaper than PBKDF2.
-    if annotations.get(annotations::KEYSTORE_MAC) != Some(&keystore_mac(ca, data, plan, password)) {
+    let mac = annotations
+        .get(annotations::KEYSTORE_MAC)
+        .map(String::as_str);
+    if !keystore_mac_matches(mac, ca, data, plan, password) {
         return Verdict::Reencrypt("KeystoreStale");
     }
     if data.get(CA_CRT).map(|b| b.0.as_slice()) != Some(ca.root_pem().as_bytes()) {
@@ -249,56 +255,74 @@ pub fn assess(
     Verdict::Current
 }
 
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
+/// The HMAC of [`keystore_mac`], keyed for this purpose only: HKDF-SHA256 of
+/// the CA's private key (PKCS#8 DER) with a label of its own, so the MAC key is
+/// neither the CA key nor a digest anything else could use.
+///
+/// Version 2 (this key and `hmac`) replaced v1 (a plain SHA-256 of a label and
+/// the CA key PEM, compared with `!=`). A Secret written by an older operator
+/// carries a v1 MAC, fails the check once and has its keystores rebuilt
+/// (`Reencrypt("KeystoreStale")`, same key and certificate): an accepted cost.
+fn keystore_hmac(
+    ca: &CertificateAuthority,
+    data: &BTreeMap<String, ByteString>,
+    plan: &Plan,
+    password: &SecretString,
+) -> Hmac<Sha256> {
+    let key_der = ca.key().to_pkcs8_der();
+    let mut mac_key = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(&b"p12-operator.io"[..]), key_der.expose())
+        .expand(b"p12-operator keystore mac v2", &mut mac_key)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&mac_key).expect("HMAC accepts keys of any length");
+    let field = |k: &str| data.get(k).map(|b| b.0.as_slice()).unwrap_or_default();
+    // Length-prefixed, so no two different inputs feed the same bytes.
+    for part in [
+        field(KEYSTORE),
+        field(TRUSTSTORE),
+        password.expose().as_bytes(),
+        plan.alias.as_bytes(),
+        plan.keystore_profile.name().as_bytes(),
+    ] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
     }
-    h.finalize().into()
+    mac
 }
 
-/// HMAC-SHA256 (RFC 2104) over the keystore, the truststore, the password,
-/// alias and profile, keyed with a digest of the CA's private key: only the
-/// operator can produce it, and any change to the files or their settings
-/// breaks it.
+/// A MAC over the keystore, the truststore, the password, alias and profile
+/// (hex, for the [`annotations::KEYSTORE_MAC`] annotation): only the operator
+/// can produce it, and any change to the files or their settings breaks it.
 pub fn keystore_mac(
     ca: &CertificateAuthority,
     data: &BTreeMap<String, ByteString>,
     plan: &Plan,
     password: &SecretString,
 ) -> String {
-    let key_pem = ca.key_pem();
-    let key = sha256(&[
-        b"p12-operator keystore mac v1\0",
-        key_pem.expose().as_bytes(),
-    ]);
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for i in 0..32 {
-        ipad[i] ^= key[i];
-        opad[i] ^= key[i];
-    }
-    let field = |k: &str| data.get(k).map(|b| b.0.as_slice()).unwrap_or_default();
-    let len = |b: &[u8]| (b.len() as u64).to_be_bytes();
-    let (ks, ts, pw) = (
-        field(KEYSTORE),
-        field(TRUSTSTORE),
-        password.expose().as_bytes(),
-    );
-    let inner = sha256(&[
-        &ipad,
-        &len(ks),
-        ks,
-        &len(ts),
-        ts,
-        &len(pw),
-        pw,
-        plan.alias.as_bytes(),
-        b"\0",
-        plan.keystore_profile.name().as_bytes(),
-    ]);
-    hex::encode(sha256(&[&opad, &inner]))
+    hex::encode(
+        keystore_hmac(ca, data, plan, password)
+            .finalize()
+            .into_bytes(),
+    )
+}
+
+/// Whether `annotation` is the [`keystore_mac`] of this data, compared in
+/// constant time (the annotation is attacker-writable, the MAC must not leak
+/// byte by byte).
+pub fn keystore_mac_matches(
+    annotation: Option<&str>,
+    ca: &CertificateAuthority,
+    data: &BTreeMap<String, ByteString>,
+    plan: &Plan,
+    password: &SecretString,
+) -> bool {
+    let Some(tag) = annotation.and_then(|a| hex::decode(a).ok()) else {
+        return false;
+    };
+    keystore_hmac(ca, data, plan, password)
+        .verify_slice(&tag)
+        .is_ok()
 }
 
 /// The operator's annotations for a Secret holding `facts`.
@@ -338,4 +362,152 @@ pub fn profile_of(annotations: &BTreeMap<String, String>) -> Option<Profile> {
     annotations
         .get(annotations::PROFILE)
         .and_then(|p| p.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CertificateRequest, CertificateRequestSpec};
+    use crate::pki::{KeyAlgorithm, Policy, VerifiedCsr};
+    use sha2::Digest;
+    use std::time::Duration;
+
+    struct Fixture {
+        ca: CertificateAuthority,
+        plan: Plan,
+        password: SecretString,
+        data: BTreeMap<String, ByteString>,
+        annotations: BTreeMap<String, String>,
+        now: Timestamp,
+    }
+
+    /// A current Secret for web.shop.svc, with the annotations the reconciler writes.
+    fn fixture() -> Fixture {
+        let now = Timestamp::now();
+        let ca = CertificateAuthority::generate_self_signed(
+            KeyAlgorithm::EcdsaP256,
+            "CA",
+            Duration::from_secs(86_400 * 365),
+            now,
+        )
+        .unwrap();
+        let spec: CertificateRequestSpec =
+            serde_json::from_str(r#"{"secretName":"web-tls","dnsNames":["web.shop.svc"]}"#)
+                .unwrap();
+        let request = CertificateRequest::new("web", spec);
+        let plan = crate::plan::plan(&request, &Policy::default()).unwrap();
+        let key = PrivateKey::generate(plan.key_algorithm).unwrap();
+        let csr = pki::build_csr(&key, &plan.leaf.subject, &plan.leaf.sans).unwrap();
+        let csr = VerifiedCsr::parse_and_verify(&csr).unwrap();
+        let leaf_der = pki::sign(&ca, &csr, &plan.leaf, now).unwrap().der;
+        let password = generate_password();
+        let material = Material { key, leaf_der };
+        let data = build_data(&material, &ca, &plan, &password, true).unwrap();
+        let facts = CertFacts::of(&material.leaf_der).unwrap();
+        let mut annotations = secret_annotations("shop/web", &plan, &facts, &ca, 1, None);
+        annotations.insert(
+            annotations::KEYSTORE_MAC.into(),
+            keystore_mac(&ca, &data, &plan, &password),
+        );
+        Fixture {
+            ca,
+            plan,
+            password,
+            data,
+            annotations,
+            now,
+        }
+    }
+
+    fn verdict(f: &Fixture, mac: &str) -> Verdict {
+        let mut annotations = f.annotations.clone();
+        annotations.insert(annotations::KEYSTORE_MAC.into(), mac.into());
+        assess(
+            &f.data,
+            &annotations,
+            &Existing::read(&f.data),
+            &f.plan,
+            &f.ca,
+            &f.password,
+            false,
+            f.now,
+        )
+    }
+
+    /// The v1 MAC older operators wrote: HMAC-SHA256 keyed with SHA-256 of a
+    /// label and the CA key PEM.
+    fn v1_mac(f: &Fixture) -> String {
+        let key = sha2::Sha256::new()
+            .chain_update(b"p12-operator keystore mac v1\0")
+            .chain_update(f.ca.key_pem().expose().as_bytes())
+            .finalize();
+        let mut ipad = [0x36u8; 64];
+        let mut opad = [0x5cu8; 64];
+        for i in 0..32 {
+            ipad[i] ^= key[i];
+            opad[i] ^= key[i];
+        }
+        let field = |k: &str| f.data[k].0.clone();
+        let len = |b: &[u8]| (b.len() as u64).to_be_bytes();
+        let (ks, ts, pw) = (
+            field(KEYSTORE),
+            field(TRUSTSTORE),
+            f.password.expose().as_bytes().to_vec(),
+        );
+        let inner = sha2::Sha256::new()
+            .chain_update(ipad)
+            .chain_update(len(&ks))
+            .chain_update(&ks)
+            .chain_update(len(&ts))
+            .chain_update(&ts)
+            .chain_update(len(&pw))
+            .chain_update(&pw)
+            .chain_update(f.plan.alias.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(f.plan.keystore_profile.name().as_bytes())
+            .finalize();
+        hex::encode(
+            sha2::Sha256::new()
+                .chain_update(opad)
+                .chain_update(inner)
+                .finalize(),
+        )
+    }
+
+    #[test]
+    fn a_secret_with_the_current_keystore_mac_is_current() {
+        let f = fixture();
+        let mac = f.annotations[annotations::KEYSTORE_MAC].clone();
+        assert_eq!(verdict(&f, &mac), Verdict::Current);
+    }
+
+    #[test]
+    fn the_mac_key_is_not_the_ca_key_digest_so_a_v1_mac_rebuilds_the_keystores_once() {
+        let f = fixture();
+        assert_eq!(
+            verdict(&f, &v1_mac(&f)),
+            Verdict::Reencrypt("KeystoreStale")
+        );
+    }
+
+    #[test]
+    fn a_truncated_altered_or_non_hex_mac_rebuilds_the_keystores() {
+        let f = fixture();
+        let mac = f.annotations[annotations::KEYSTORE_MAC].clone();
+        let mut altered = mac.clone().into_bytes();
+        altered[63] = if altered[63] == b'0' { b'1' } else { b'0' };
+        for bad in [
+            mac[..32].to_owned(),
+            String::from_utf8(altered).unwrap(),
+            format!("{mac}00"),
+            format!("{}zz", &mac[..62]),
+            String::new(),
+        ] {
+            assert_eq!(
+                verdict(&f, &bad),
+                Verdict::Reencrypt("KeystoreStale"),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -74,6 +74,10 @@ pub enum InspectError {
     #[error("failed to open {name}: it is not a PKCS#12 file this tool can read")]
     Malformed { name: String },
 
+    /// A hostile or absurd file, refused before any key derivation runs.
+    #[error("failed to open {name}: refused before decoding, {reason}")]
+    TooCostly { name: String, reason: String },
+
     #[error(
         "failed to inspect {name}: it holds neither a private-key entry nor a trusted certificate"
     )]
@@ -105,6 +109,10 @@ fn open(name: &str, bytes: &[u8], password: &SecretString) -> Result<ParsedStore
     read_keystore(bytes, password).map_err(|e| match e {
         KeystoreError::WrongPassword => InspectError::WrongPassword {
             name: name.to_owned(),
+        },
+        KeystoreError::TooCostly(reason) => InspectError::TooCostly {
+            name: name.to_owned(),
+            reason,
         },
         _ => InspectError::Malformed {
             name: name.to_owned(),

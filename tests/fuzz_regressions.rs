@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 /// Inputs under `fuzz/regressions/` that reproduce a bug not fixed yet: (target, file).
 const KNOWN_BUGS: &[(&str, &str)] = &[
-    ("keystore", "scrypt-inside-encrypted-safe.p12"),
     ("plan", "common-name-empty.json"),
     ("plan", "uri-longer-than-253.json"),
     ("plan", "email-local-part-paren.json"),
@@ -157,55 +156,94 @@ fn duration() {
     assert!(replay("duration") > 0);
 }
 
-/// A 175-byte keystore without a MAC whose one encrypted safe names scrypt with
-/// N = 2^20, r = 8, p = 16: p12-keystore's limits (memory ≤ 1 GiB, p ≤ 16) admit
-/// it, so `read_keystore` allocated 1 GiB and ran 16 scrypt lanes (~40 s of CPU)
-/// before any password check. Fixed by `keystore::p12::check_cost` (refused, fast).
-#[test]
-fn regression_keystore_scrypt_is_refused_quickly() {
-    let path = fuzz_dir().join("regressions/keystore/scrypt-1gib-p16-no-mac.p12");
-    let started = Instant::now();
+/// Opens a regression keystore as `inspect` and the harness do; it must be
+/// refused as too costly, with the limit in the message.
+fn keystore_refusal(file: &str) -> String {
+    let path = fuzz_dir().join("regressions/keystore").join(file);
     let error = p12_operator::keystore::read_keystore(
         &std::fs::read(path).unwrap(),
         &p12_operator::sensitive::SecretString::from(harness::PASSWORD),
     )
     .unwrap_err();
-    assert_eq!(error.reason(), "KeystoreTooCostly");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(error.reason(), "KeystoreTooCostly", "{file}: {error}");
+    error.to_string()
 }
 
-/// The same scrypt parameters one level down, where `check_cost`'s scan of the
-/// clear bytes cannot see them: a PKCS#8 shrouded key bag inside a safe that is
-/// itself encrypted (PBES2, PBKDF2-HMAC-SHA256 2048 iterations, AES-256-CBC)
-/// under the keystore's password. Whoever can write the Secret can read its
-/// `keystore-password`, so this reaches `bundle::assess` on every reconcile:
-/// 1 GiB allocated and ~40 s of CPU (the chart's memory limit is 256 MiB).
+/// A 175-byte keystore without a MAC whose one encrypted safe names scrypt with
+/// N = 2^20, r = 8, p = 16: p12-keystore's limits (memory ≤ 1 GiB, p ≤ 16) admit
+/// it, so `read_keystore` allocated 1 GiB and ran 16 scrypt lanes (~40 s of CPU)
+/// before any password check. Refused by `keystore::cost::check_cost`.
 #[test]
-#[ignore = "bug: keystore::p12::check_cost does not see KDF parameters inside encrypted safes; scrypt 1 GiB still runs (see docs/fuzzing.md)"]
-fn known_bug_keystore_scrypt_inside_an_encrypted_safe() {
-    known_bug("keystore", "scrypt-inside-encrypted-safe.p12");
+fn regression_keystore_scrypt_is_refused() {
+    let message = keystore_refusal("scrypt-1gib-p16-no-mac.p12");
+    assert!(
+        message.contains("1024 MiB of memory (N = 1048576, r = 8); the limit is 32 MiB"),
+        "{message}"
+    );
+}
+
+/// The same scrypt parameters one level down, where a scan of the clear bytes
+/// cannot see them: a PKCS#8 shrouded key bag inside a safe that is itself
+/// encrypted (PBES2, PBKDF2-HMAC-SHA256 2048 iterations, AES-256-CBC) under the
+/// keystore's password. Whoever can write the Secret can read its
+/// `keystore-password`, so `inspect --secret` took 1 GiB and ~40 s of CPU.
+/// `check_cost` decrypts the safe (its own parameters checked first) and finds them.
+#[test]
+fn regression_keystore_scrypt_inside_an_encrypted_safe_is_refused() {
+    let message = keystore_refusal("scrypt-inside-encrypted-safe.p12");
+    assert!(message.contains("the limit is 32 MiB"), "{message}");
+}
+
+/// A shrouded key bag asking for 2^31 PBKDF2 iterations, inside a safe encrypted
+/// as above (2048 iterations, password `fuzz-password`), no MAC; 335 bytes,
+/// written by hand (DER) with AES from Python's `cryptography`. Refused by name
+/// of the limit, before any derivation of that count runs.
+#[test]
+fn regression_keystore_pbkdf2_2pow31_inside_an_encrypted_safe_is_refused() {
+    let message = keystore_refusal("pbkdf2-2pow31-inside-encrypted-safe.p12");
+    assert!(
+        message.contains(
+            "a PBKDF2 key derivation asks for 2147483648 iterations; the limit is 1000000"
+        ),
+        "{message}"
+    );
+}
+
+/// What `CertificateAuthority::load` reports for a CA that loads but cannot issue.
+const CA_LOAD_REFUSAL: &str = "SigningFailed";
+
+/// Loads a regression CA input as the `ca_load` harness splits it; it must be refused.
+fn ca_load_refusal(file: &str) -> p12_operator::pki::PkiError {
+    let data = std::fs::read(fuzz_dir().join("regressions/ca_load").join(file)).unwrap();
+    let (bundle, key) = harness::split_ca_input(&data);
+    match p12_operator::pki::CertificateAuthority::load(bundle, key, harness::now()) {
+        Ok(_) => panic!("{file}: the CA loaded, but it cannot issue"),
+        Err(error) => error,
+    }
 }
 
 /// The fixture CA certificate with its EC curve OID changed from P-256
 /// (1.2.840.10045.3.1.7) to 1.2.840.10045.1.97.7, a curve that does not exist
 /// (a two-byte edit the fuzzer made; the public point and the key are untouched). `keys::same_public_key`
 /// compares only the algorithm OID and the key bits, so `CertificateAuthority::load`
-/// accepts it, and every `pki::sign` then fails with SigningFailed ("the signature
+/// accepted it, and every `pki::sign` then failed with SigningFailed ("the signature
 /// does not verify with the CA key") instead of the load failing with a clear reason.
 #[test]
 fn regression_ca_load_refuses_a_certificate_for_another_curve() {
-    known_bug("ca_load", "cert-names-unknown-curve.txt");
+    let error = ca_load_refusal("cert-names-unknown-curve.txt");
+    assert_eq!(error.reason(), CA_LOAD_REFUSAL, "{error}");
 }
 
 /// Found by the fuzzer from the OpenSSL intermediate seed: the intermediate's
 /// subject holds an AttributeTypeAndValue whose value (tag 0x2c, length 52)
 /// overruns its 10-byte SEQUENCE. x509-parser still parses the CA certificate, so
-/// `CertificateAuthority::load` accepts it; the subject is copied verbatim into
+/// `CertificateAuthority::load` accepted it; the subject is copied verbatim into
 /// every leaf as its issuer, and then the leaf does not parse: every `pki::sign`
-/// fails with SigningFailed ("the issued certificate does not parse").
+/// failed with SigningFailed ("the issued certificate does not parse").
 #[test]
 fn regression_ca_load_refuses_a_subject_no_leaf_can_carry() {
-    known_bug("ca_load", "subject-with-overlong-attribute.txt");
+    let error = ca_load_refusal("subject-with-overlong-attribute.txt");
+    assert_eq!(error.reason(), CA_LOAD_REFUSAL, "{error}");
 }
 
 /// `plan::plan` promises "a plan is always signable", but it does not apply the
@@ -583,5 +621,153 @@ mod seeds {
         ] {
             write("duration", &format!("{name}.txt"), text.as_bytes());
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// scripts/fuzz must not report a fuzz run that did not happen as a pass. Run on
+// a copy of the script, with a fake `cargo` first on PATH that plays cargo-fuzz
+// (no build, no fuzzing; FAKE_* select its behaviour).
+
+mod script {
+    use std::path::Path;
+    use std::process::Command;
+
+    const FAKE_CARGO: &str = r#"#!/usr/bin/env bash
+case "$1" in
+  install) echo "error: no network (fake)" >&2; exit 101 ;;
+  fuzz) ;;
+  *) echo "fake cargo: unexpected $*" >&2; exit 3 ;;
+esac
+if [ -n "${FAKE_NO_CARGO_FUZZ:-}" ]; then echo "error: no such command: fuzz" >&2; exit 101; fi
+case "$2" in
+  --version) echo "cargo-fuzz 0.0.0-fake" ;;
+  list) for t in ${FAKE_TARGETS:-}; do echo "$t"; done ;;
+  build)
+    if [ -n "${FAKE_ASAN_FAILS:-}" ] && [[ " $* " == *" --sanitizer address "* ]]; then
+      echo "error: asan (fake)" >&2; exit 1
+    fi ;;
+  run) echo "stat::number_of_executed_units: ${FAKE_RUNS:-1000}" ;;
+  *) exit 3 ;;
+esac
+"#;
+
+    struct Run {
+        code: i32,
+        stderr: String,
+        stdout: String,
+    }
+
+    /// Runs a copy of scripts/fuzz (so its logs stay out of the repository) with `env`.
+    fn fuzz(env: &[(&str, &str)], args: &[&str]) -> Run {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+        std::fs::create_dir_all(dir.path().join("fuzz/seeds")).unwrap();
+        std::fs::copy(root.join("scripts/fuzz"), dir.path().join("scripts/fuzz")).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("cargo"), FAKE_CARGO).unwrap();
+        std::fs::set_permissions(bin.join("cargo"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:/usr/bin:/bin", bin.display());
+        let mut command = Command::new("bash");
+        command
+            .arg(dir.path().join("scripts/fuzz"))
+            .args(args)
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", dir.path());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        }
+    }
+
+    #[test]
+    fn under_ci_a_missing_cargo_fuzz_fails_the_run_and_outside_ci_warns() {
+        let run = fuzz(&[("FAKE_NO_CARGO_FUZZ", "1"), ("CI", "true")], &["1"]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("fuzz: FAILED — cargo-fuzz could not be installed"),
+            "{}",
+            run.stderr
+        );
+        let run = fuzz(&[("FAKE_NO_CARGO_FUZZ", "1")], &["1"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("WARNING: SKIPPED, NOTHING WAS FUZZED"),
+            "{}",
+            run.stderr
+        );
+    }
+
+    #[test]
+    fn under_ci_a_failed_asan_build_fails_the_run_and_outside_ci_falls_back_loudly() {
+        let env = [("FAKE_TARGETS", "a b"), ("FAKE_ASAN_FAILS", "1")];
+        let run = fuzz(&[env[0], env[1], ("CI", "true")], &["1"]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("the address sanitizer build failed"),
+            "{}",
+            run.stderr
+        );
+        let run = fuzz(&env, &["1"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stderr.contains("WITHOUT A SANITIZER"), "{}", run.stderr);
+        assert!(
+            run.stdout
+                .contains("no crashes, hangs or memory blow-ups in 2 targets (sanitizer=none)"),
+            "{}",
+            run.stdout
+        );
+    }
+
+    #[test]
+    fn no_target_to_run_fails_instead_of_reporting_no_crashes() {
+        for ci in ["true", ""] {
+            let run = fuzz(&[("CI", ci)], &["1"]);
+            assert_eq!(run.code, 1, "CI={ci}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("no fuzz target found"),
+                "{}",
+                run.stderr
+            );
+            assert!(!run.stdout.contains("no crashes"), "{}", run.stdout);
+        }
+        let run = fuzz(&[("FAKE_TARGETS", "a b")], &["1", "nonesuch"]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("no fuzz target named 'nonesuch'"),
+            "{}",
+            run.stderr
+        );
+    }
+
+    #[test]
+    fn a_target_that_executed_no_input_fails_the_run() {
+        let run = fuzz(&[("FAKE_TARGETS", "a b"), ("FAKE_RUNS", "0")], &["1"]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("a executed no input"), "{}", run.stderr);
+        assert!(!run.stdout.contains("no crashes"), "{}", run.stdout);
+    }
+
+    #[test]
+    fn a_run_of_every_target_passes() {
+        let run = fuzz(&[("FAKE_TARGETS", "a b"), ("CI", "true")], &["1"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stdout
+                .contains("no crashes, hangs or memory blow-ups in 2 targets (sanitizer=address)"),
+            "{}",
+            run.stdout
+        );
     }
 }

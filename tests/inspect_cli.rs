@@ -322,3 +322,21 @@ fn usage_errors_exit_with_two() {
     let run = inspect(&["--file", path(&keystore), "--password", PASSWORD], None);
     assert_eq!(run.code, 2, "there is no --password flag: {}", run.stderr);
 }
+
+#[test]
+fn a_hostile_keystore_is_refused_before_decoding_with_the_limit_named() {
+    let hostile = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/keystore/pbkdf2-2pow31-inside-encrypted-safe.p12");
+    let run = inspect(&["--file", path(&hostile)], Some("fuzz-password"));
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+    assert_eq!(
+        run.stderr.trim_end().lines().last().unwrap(),
+        format!(
+            "error: failed to open {}: refused before decoding, a PBKDF2 key derivation asks for 2147483648 iterations; the limit is 1000000",
+            hostile.display()
+        )
+    );
+    assert!(!run.stderr.contains("fuzz-password"));
+}

@@ -1,5 +1,6 @@
 //! PKCS#12 keystores and truststores.
 
+pub mod cost;
 pub mod p12;
 
 pub use p12::{

@@ -102,8 +102,9 @@ pub enum KeystoreError {
     #[error("failed to open the keystore: it is not a PKCS#12 file this operator can read")]
     Malformed(#[source] p12_keystore::error::Error),
 
+    /// What the file asks for and the limit it exceeds (see [`super::cost`]).
     #[error("failed to open the keystore: {0}")]
-    TooCostly(&'static str),
+    TooCostly(String),
 }
 
 impl KeystoreError {
@@ -246,55 +247,12 @@ pub struct ParsedStore {
     pub trusted: Vec<(String, Vec<u8>)>,
 }
 
-/// Largest PKCS#12 file read: ours are a few KiB; long chains stay far below.
-pub const MAX_KEYSTORE_BYTES: usize = 256 * 1024;
-/// Most password-based decryptions (key derivations) one file may ask for.
-const MAX_DERIVATIONS: usize = 16;
-
-fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count()
-}
-
-/// Refuses files whose decoding an attacker could make arbitrarily expensive
-/// before any password check: scrypt (p12-keystore admits 1 GiB and p = 16),
-/// very many encrypted bags, or sheer size. The algorithm identifiers are in the
-/// clear, so their DER encodings are found by a plain scan (the chance of an
-/// encrypted byte string imitating one is about 2^-88).
-fn check_cost(bytes: &[u8]) -> Result<()> {
-    // 1.3.6.1.4.1.11591.4.11 (scrypt), 1.2.840.113549.1.5.12 (PBKDF2),
-    // 1.2.840.113549.1.12.1 (the PKCS#12 PBE family, without its last arc).
-    const SCRYPT: [u8; 11] = [
-        0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x04, 0x0b,
-    ];
-    const PBKDF2: [u8; 11] = [
-        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c,
-    ];
-    const PKCS12_PBE: [u8; 11] = [
-        0x06, 0x0a, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01,
-    ];
-    if bytes.len() > MAX_KEYSTORE_BYTES {
-        return Err(KeystoreError::TooCostly("the file is larger than 256 KiB"));
-    }
-    if count(bytes, &SCRYPT) > 0 {
-        return Err(KeystoreError::TooCostly(
-            "it uses scrypt key derivation, which this operator does not read",
-        ));
-    }
-    if count(bytes, &PBKDF2) + count(bytes, &PKCS12_PBE) > MAX_DERIVATIONS {
-        return Err(KeystoreError::TooCostly(
-            "it asks for more than 16 password-based decryptions",
-        ));
-    }
-    Ok(())
-}
-
-/// Opens a PKCS#12 file. A wrong password is reported as [`KeystoreError::WrongPassword`].
+/// Opens a PKCS#12 file. A wrong password is reported as [`KeystoreError::WrongPassword`];
+/// a file whose key derivations would cost more than the limits of [`super::cost`]
+/// as [`KeystoreError::TooCostly`], before any of them runs.
 pub fn read_keystore(bytes: &[u8], password: &SecretString) -> Result<ParsedStore> {
     use p12_keystore::error::Error as P12Error;
-    check_cost(bytes)?;
+    super::cost::check_cost(bytes, password)?;
     let store = KeyStore::from_pkcs12(bytes, password.expose(), Pkcs12ImportPolicy::Relaxed)
         .map_err(|e| match e {
             // The MAC is checked first; without a MAC, a wrong password shows as bad padding.
