@@ -50,11 +50,6 @@ pub const TARGETS: [&str; 8] = [
 
 /// Runs the harness of `target` on `data`; `false` for an unknown target.
 pub fn run(target: &str, data: &[u8]) -> bool {
-    run_with(target, data, strict())
-}
-
-/// [`run`], with the checks for known, unfixed bugs on (`strict`) or off.
-pub fn run_with(target: &str, data: &[u8], strict: bool) -> bool {
     match target {
         "csr" => csr(data),
         "private_key" => private_key(data),
@@ -62,19 +57,11 @@ pub fn run_with(target: &str, data: &[u8], strict: bool) -> bool {
         "cert_info" => cert_info(data),
         "keystore" => keystore(data),
         "secret" => secret(data),
-        "plan" => plan_with(data, strict),
+        "plan" => plan(data),
         "duration" => duration(data),
         _ => return false,
     }
     true
-}
-
-/// Whether to also check invariants that known, unfixed bugs violate (listed in
-/// docs/fuzzing.md, "Known findings"): `P12_FUZZ_STRICT=1`. Off by default so
-/// that the bounded CI runs stay green until those bugs are fixed.
-pub fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("P12_FUZZ_STRICT").is_some_and(|v| v == "1"))
 }
 
 /// "Now" for every harness: inside the fixture CA's validity (2026-11-29 to 2126-11-05).
@@ -439,9 +426,8 @@ pub fn secret(input: &[u8]) {
 // ---------------------------------------------------------------------------
 // plan: JSON → CertificateRequestSpec → plan::plan, under two policies.
 //
-// With P12_FUZZ_STRICT=1 it also checks the promise of plan::plan that "a plan
-// is always signable": a CSR for the plan passes the signing-time policy and is
-// signed. Off by default because it fails today (docs/fuzzing.md, "Known findings").
+// It also checks the promise of plan::plan that "a plan is always signable": a
+// CSR for the plan passes the signing-time policy and is signed.
 
 pub fn restrictive_policy() -> Policy {
     Policy {
@@ -455,20 +441,16 @@ pub fn restrictive_policy() -> Policy {
 }
 
 pub fn plan(data: &[u8]) {
-    plan_with(data, strict());
-}
-
-pub fn plan_with(data: &[u8], strict: bool) {
     let Ok(spec) = serde_json::from_slice::<CertificateRequestSpec>(data) else {
         return;
     };
     let request = CertificateRequest::new("fuzz", spec);
     for policy in [Policy::default(), restrictive_policy()] {
-        check_plan(&request, &policy, strict);
+        check_plan(&request, &policy);
     }
 }
 
-pub fn check_plan(request: &CertificateRequest, policy: &Policy, strict: bool) {
+pub fn check_plan(request: &CertificateRequest, policy: &Policy) {
     let Ok(p) = plan::plan(request, policy) else {
         return;
     };
@@ -497,9 +479,6 @@ pub fn check_plan(request: &CertificateRequest, policy: &Policy, strict: bool) {
     assert!(leaf.usages.iter().all(|u| u.fits_key(p.key_algorithm)));
     assert!(policy.allow_ip_sans || leaf.sans.ips.is_empty());
     assert_eq!(p.spec_hash.len(), 24);
-    if !strict {
-        return;
-    }
     let key = cached_key(p.key_algorithm);
     let csr = pki::build_csr(key, &leaf.subject, &leaf.sans).expect("a CSR for the plan");
     let csr = VerifiedCsr::parse_and_verify(&csr).expect("the plan's CSR verifies");
