@@ -205,9 +205,6 @@ pub struct Context {
     /// (namespace, Secret name) → names of the requests in that namespace that
     /// reference it (target or password).
     refs: Mutex<HashMap<(String, String), Vec<String>>>,
-    /// The Secret names each request referenced when last seen, so that a
-    /// changed `secretName` or password reference leaves nothing behind.
-    registered: Mutex<HashMap<ObjectRef<CertificateRequest>, Box<[Box<str>]>>>,
     /// Requests to revisit outside the watches (e.g. their Secret vanished
     /// during a watch gap).
     revisit: tokio::sync::mpsc::UnboundedSender<ObjectRef<CertificateRequest>>,
@@ -288,7 +285,6 @@ impl Context {
             health: settings.health,
             secrets: Mutex::default(),
             refs: Mutex::default(),
-            registered: Mutex::default(),
             revisit,
             checked: Mutex::default(),
             written: Mutex::default(),
@@ -319,30 +315,32 @@ impl Context {
     }
 
     fn register_refs(&self, cr: &CertificateRequest) {
-        let oref = request_key(cr);
-        let now: Box<[Box<str>]> = Self::referenced_secrets(cr).map(Into::into).collect();
-        let before = {
-            let mut registered = self.registered.lock().unwrap();
-            if registered.get(&oref) == Some(&now) {
-                return;
-            }
-            registered.insert(oref, now.clone())
-        };
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
-        for old in before.iter().flatten() {
-            if !now.contains(old) {
-                drop_ref(&mut refs, (ns.clone(), old.to_string()), &name);
-            }
-        }
-        for secret in now.iter() {
+        for secret in Self::referenced_secrets(cr) {
             let names = refs.entry((ns.clone(), secret.to_string())).or_default();
             if !names.contains(&name) {
                 names.reserve_exact(1);
                 names.push(name.clone());
             }
         }
+    }
+
+    /// A request changed from `old` (the cached copy) to `new`: Secret names it
+    /// no longer references are dropped, so a changed `secretName` or password
+    /// reference leaves nothing behind. Costs nothing per request in between.
+    pub fn request_changed(&self, old: Option<&CertificateRequest>, new: &CertificateRequest) {
+        if let Some(old) = old {
+            let now: Vec<&str> = Self::referenced_secrets(new).collect();
+            let ns = old.namespace().unwrap_or_default();
+            let name = old.name_any();
+            let mut refs = self.refs.lock().unwrap();
+            for secret in Self::referenced_secrets(old).filter(|s| !now.contains(s)) {
+                drop_ref(&mut refs, (ns.clone(), secret.to_string()), &name);
+            }
+        }
+        self.register_refs(new);
     }
 
     /// Drops what this process remembers about a deleted request.
@@ -354,14 +352,10 @@ impl Context {
         self.checked.lock().unwrap().remove(&key);
         self.written.lock().unwrap().remove(&key);
         self.failures.lock().unwrap().remove(&key);
-        let registered = self.registered.lock().unwrap().remove(&key);
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
-        let names: Vec<Box<str>> = registered
-            .map(Vec::from)
-            .unwrap_or_else(|| Self::referenced_secrets(cr).map(Into::into).collect());
-        for secret in names {
+        for secret in Self::referenced_secrets(cr) {
             drop_ref(&mut refs, (ns.clone(), secret.to_string()), &name);
         }
     }
@@ -1498,6 +1492,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .retain(|k, _| k.starts_with(ann::PREFIX));
             if cr.annotations().is_empty() {
                 cr.metadata.annotations = None;
+            }
+        })
+        // Before the cache takes the new copy: compare it with the old one, and
+        // forget requests that a re-list (after a watch gap) no longer shows.
+        .inspect_ok({
+            let (ctx, cache, metrics) = (ctx.clone(), reader.clone(), metrics.clone());
+            let mut relisted: Option<std::collections::HashSet<ObjectRef<CertificateRequest>>> =
+                None;
+            move |ev| match ev {
+                watcher::Event::Apply(cr) => {
+                    ctx.request_changed(cache.get(&request_key(cr)).as_deref(), cr)
+                }
+                watcher::Event::Init => relisted = Some(Default::default()),
+                watcher::Event::InitApply(cr) => {
+                    ctx.request_changed(cache.get(&request_key(cr)).as_deref(), cr);
+                    relisted
+                        .get_or_insert_with(Default::default)
+                        .insert(request_key(cr));
+                }
+                watcher::Event::InitDone => {
+                    let seen = relisted.take().unwrap_or_default();
+                    for gone in cache.state() {
+                        if !seen.contains(&request_key(&gone)) {
+                            metrics.forget(&gone.namespace().unwrap_or_default(), &gone.name_any());
+                            ctx.forget(&gone);
+                        }
+                    }
+                }
+                watcher::Event::Delete(_) => {}
             }
         })
         .reflect(writer)

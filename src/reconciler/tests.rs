@@ -660,10 +660,10 @@ async fn a_ca_that_cannot_be_read_at_start_up_is_retried_until_it_loads() {
 async fn references_follow_a_changed_secret_name_and_go_with_the_request() {
     let h = harness();
     let a = request("keystore: {passwordSecretRef: {name: pw, key: password}}\n");
-    h.ctx.register_refs(&a);
+    h.ctx.request_changed(None, &a);
     let mut b = a.clone();
     b.spec.secret_name = "other-tls".into();
-    h.ctx.register_refs(&b);
+    h.ctx.request_changed(Some(&a), &b);
     {
         let refs = h.ctx.refs.lock().unwrap();
         let key = |s: &str| (NS.to_string(), s.to_string());
@@ -673,7 +673,6 @@ async fn references_follow_a_changed_secret_name_and_go_with_the_request() {
     }
     h.ctx.forget(&b);
     assert!(h.ctx.refs.lock().unwrap().is_empty());
-    assert!(h.ctx.registered.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
