@@ -21,7 +21,7 @@ COPY . .
 # Cache mounts keep the crate registry and the build folder between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl --bin p12-operator \
+    cargo build --release --locked --target x86_64-unknown-linux-musl -p p12-operator --bin p12-operator \
  && install -D -m 0755 target/x86_64-unknown-linux-musl/release/p12-operator /out/p12-operator
 
 # --- run --------------------------------------------------------------------

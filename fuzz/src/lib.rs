@@ -6,10 +6,10 @@
 //! can sign, a plan that is produced is within the policy, …). A violated
 //! invariant panics, which libFuzzer records as a crash.
 //!
-//! The same file is compiled into `tests/fuzz_regressions.rs` (through
-//! `#[path]`), so every saved crash and every seed is replayed by plain
+//! The same file is compiled into `crates/p12-operator/tests/fuzz_regressions.rs`
+//! (through `#[path]`), so every saved crash and every seed is replayed by plain
 //! `cargo test` through exactly these functions. It therefore depends only on
-//! `p12_operator` and crates that `p12_operator` itself depends on.
+//! `p12_core` and crates that `p12_core` itself depends on.
 //!
 //! Fixed inputs (a CA, a password, "now") live in `fuzz/seeds/fixtures/` and
 //! in the constants below, so that the seeds in `fuzz/seeds/<target>/`, which
@@ -23,17 +23,17 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
-use p12_operator::api::{CertificateRequest, CertificateRequestSpec};
-use p12_operator::bundle;
-use p12_operator::duration;
-use p12_operator::inspect;
-use p12_operator::keystore;
-use p12_operator::pki::{
+use p12_core::api::{CertificateRequest, CertificateRequestSpec};
+use p12_core::bundle;
+use p12_core::duration;
+use p12_core::inspect;
+use p12_core::keystore;
+use p12_core::pki::{
     self, CertificateAuthority, CsrSubject, KeyAlgorithm, LeafProfile, Policy, PrivateKey,
     SubjectAltNames, Usage, VerifiedCsr,
 };
-use p12_operator::plan;
-use p12_operator::sensitive::SecretString;
+use p12_core::plan;
+use p12_core::sensitive::SecretString;
 
 /// The fuzz targets, by name (`fuzz/fuzz_targets/<name>.rs`, `fuzz/seeds/<name>/`,
 /// `fuzz/regressions/<name>/`).
@@ -210,7 +210,7 @@ pub fn split_ca_input(data: &[u8]) -> (&[u8], &[u8]) {
 
 /// No strict mode: a CA that loads but cannot issue (the two findings in
 /// `fuzz/regressions/ca_load/`) is refused by `load` itself, and
-/// tests/fuzz_regressions.rs asserts that refusal.
+/// crates/p12-operator/tests/fuzz_regressions.rs asserts that refusal.
 pub fn ca_load(data: &[u8]) {
     let (bundle_pem, key_pem) = split_ca_input(data);
     let Ok(ca) = CertificateAuthority::load(bundle_pem, key_pem, now()) else {

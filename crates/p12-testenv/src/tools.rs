@@ -14,9 +14,15 @@ pub const TOOLS: [&str; 5] = [
     "helm",
 ];
 
-/// The repository root (where Cargo.toml is), found at compile time.
+/// The repository root (the workspace's Cargo.toml), found at compile time:
+/// this crate lives in `crates/p12-testenv`.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest_dir)
+        .to_path_buf()
 }
 
 /// Where the project builds things: `CARGO_TARGET_DIR` or `target/`.

@@ -16,7 +16,7 @@ fn main() {
                 print!("{yaml}");
                 Ok(0)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
         Command::Run(args) => runtime().block_on(reconciler::run(args)).map(|()| 0),
         Command::Probe(args) => runtime().block_on(probe::main(args)),

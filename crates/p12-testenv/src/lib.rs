@@ -1,4 +1,7 @@
-//! A real local Kubernetes control plane for tests and the demo.
+//! p12-testenv: a real local Kubernetes control plane for the tests, the demo
+//! (`p12-dev`) and the load benchmark (`p12-bench`). Never published and never a
+//! dependency of the operator binary: it runs the operator as a binary given by
+//! path, and may depend on p12-core, kube and tokio, never on the p12-operator crate.
 //!
 //! [`TestCluster::shared`] starts — once per process — etcd, kube-apiserver (secure
 //! serving, RBAC on, a service-account signing key) and kube-controller-manager on

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use rcgen::{KeyPair, PublicKeyData, RsaKeySize, SigningKey};
-use rustls::pki_types::PrivatePkcs8KeyDer;
+use rustls_pki_types::PrivatePkcs8KeyDer;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 

@@ -19,7 +19,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use p12_operator::api::CertificateRequest;
-use p12_operator::testenv::tools;
+use p12_testenv::tools;
 use serde_json::Value;
 use support::{cluster, eventually, kubectl_apply};
 
@@ -30,7 +30,7 @@ const SERVICE_ACCOUNT: &str = "system:serviceaccount:p12-operator:p12-operator";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    tools::repo_root()
 }
 
 fn chart() -> String {

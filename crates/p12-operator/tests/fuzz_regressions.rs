@@ -13,7 +13,7 @@
 //! `cargo test --test fuzz_regressions -- --ignored regenerate_seeds` rewrites
 //! the generated seeds (see docs/fuzzing.md).
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod harness;
 
@@ -27,7 +27,7 @@ const KNOWN_BUGS: &[(&str, &str)] = &[];
 const PER_INPUT: Duration = Duration::from_secs(20);
 
 fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+    p12_testenv::tools::repo_root().join("fuzz")
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -593,7 +593,6 @@ mod seeds {
 // (no build, no fuzzing; FAKE_* select its behaviour).
 
 mod script {
-    use std::path::Path;
     use std::process::Command;
 
     const FAKE_CARGO: &str = r#"#!/usr/bin/env bash
@@ -625,7 +624,7 @@ esac
     fn fuzz(env: &[(&str, &str)], args: &[&str]) -> Run {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = p12_testenv::tools::repo_root();
         std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
         std::fs::create_dir_all(dir.path().join("fuzz/seeds")).unwrap();
         std::fs::copy(root.join("scripts/fuzz"), dir.path().join("scripts/fuzz")).unwrap();

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use p12_operator::testenv::TestCluster;
+use p12_testenv::TestCluster;
 
 /// The control plane of this test binary, with the local pod runner running the
 /// `p12-operator` binary cargo built for these tests.
@@ -38,15 +38,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use p12_operator::testenv::process;
+use p12_testenv::process;
 
 /// Installs the committed CRD with `kubectl apply` and waits until it is served.
 pub fn install_crd() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let cp = cluster().control_plane();
-        let crd = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crds/p12-operator.io_certificaterequests.yaml");
+        let crd =
+            p12_testenv::tools::repo_root().join("crds/p12-operator.io_certificaterequests.yaml");
         let out = cp
             .kubectl()
             .args(["apply", "--server-side", "-f"])

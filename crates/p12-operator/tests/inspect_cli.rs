@@ -325,7 +325,7 @@ fn usage_errors_exit_with_two() {
 
 #[test]
 fn a_hostile_keystore_is_refused_before_decoding_with_the_limit_named() {
-    let hostile = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let hostile = p12_testenv::tools::repo_root()
         .join("fuzz/regressions/keystore/pbkdf2-2pow31-inside-encrypted-safe.p12");
     let run = inspect(&["--file", path(&hostile)], Some("fuzz-password"));
 

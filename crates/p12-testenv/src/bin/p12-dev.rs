@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use p12_operator::testenv::{TestCluster, process};
+use p12_testenv::{TestCluster, process};
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +44,7 @@ fn main() {
 }
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    p12_testenv::tools::repo_root()
 }
 
 fn operator_binary() -> Result<PathBuf, String> {
@@ -298,7 +298,7 @@ fn demo(keep: bool) -> Result<(), String> {
 /// A Java TLS service that loads keystore.p12, behind Service shop/web, and the
 /// operator's probe confirming it serves the issued certificate.
 fn serve_and_verify(cluster: &TestCluster, bundle: &Path) -> Result<(), String> {
-    use p12_operator::testenv::netns::TestNet;
+    use p12_testenv::netns::TestNet;
     step("Serving keystore.p12 from a Java TLS server behind Service shop/web");
     let net = TestNet::create(9).map_err(|e| e.to_string())?;
     let ip = net.add_host().map_err(|e| e.to_string())?;

@@ -4,10 +4,25 @@
 //! holds sensible figures. Not a timed test: the real figures are in
 //! docs/benchmarks.md.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+
+/// The operator binary cargo built beside p12-bench. This crate must not depend
+/// on p12-operator, so cargo cannot hand its path over (`CARGO_BIN_EXE_*` covers
+/// only this package's binaries); `cargo test --workspace` builds both into the
+/// same folder before any test runs. Run alone, build it first:
+/// `cargo build -p p12-operator && cargo test -p p12-testenv --test bench_smoke`.
+fn operator_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_p12-bench")).with_file_name("p12-operator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run this test through `cargo test --workspace`, or `cargo build -p p12-operator` first",
+        bin.display()
+    );
+    bin
+}
 
 fn run_bench(label: &str, extra: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
@@ -16,8 +31,8 @@ fn run_bench(label: &str, extra: &[&str]) -> Value {
         .args(["--requests", "5", "--namespaces", "2", "--settle", "1"])
         .args(["--timeout", "60", "--label", label, "--json"])
         .arg(&json)
-        // The operator next to p12-bench is the one cargo built for this test.
-        .args(["--operator-bin", env!("CARGO_BIN_EXE_p12-operator")])
+        .arg("--operator-bin")
+        .arg(operator_bin())
         .args(extra)
         .output()
         .expect("p12-bench starts");

@@ -33,8 +33,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, 
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
-use p12_operator::api::{CertificateRequest, CertificateRequestStatus};
-use p12_operator::testenv::{TestCluster, process};
+use p12_core::api::{CertificateRequest, CertificateRequestStatus};
+use p12_testenv::{TestCluster, process};
 use serde_json::{Value, json};
 
 const RUN_LABEL: &str = "p12-bench.io/run";
@@ -332,8 +332,8 @@ fn api_summary(before: &Counters, after: &Counters, n: usize) -> Value {
 // ---------------------------------------------------------------------------
 // Key generation alone
 
-fn key_algorithm(args: &Args) -> p12_operator::pki::KeyAlgorithm {
-    use p12_operator::pki::KeyAlgorithm;
+fn key_algorithm(args: &Args) -> p12_core::pki::KeyAlgorithm {
+    use p12_core::pki::KeyAlgorithm;
     match (args.algorithm.as_str(), args.size) {
         ("RSA", Some(3072)) => KeyAlgorithm::Rsa3072,
         ("RSA", Some(4096)) => KeyAlgorithm::Rsa4096,
@@ -360,7 +360,7 @@ fn keygen_alone(args: &Args, seconds: f64) -> anyhow::Result<Value> {
                     let mut busy = Duration::ZERO;
                     while began.elapsed() < budget || n == 0 {
                         let t = Instant::now();
-                        p12_operator::pki::PrivateKey::generate(algorithm)?;
+                        p12_core::pki::PrivateKey::generate(algorithm)?;
                         busy += t.elapsed();
                         n += 1;
                     }
@@ -656,7 +656,7 @@ fn cpu_delta(a: &CpuSnapshot, b: &CpuSnapshot) -> Value {
 
 async fn apply_crd(cluster: &TestCluster) -> anyhow::Result<()> {
     let cp = cluster.control_plane();
-    let crds = p12_operator::testenv::tools::repo_root().join("crds");
+    let crds = p12_testenv::tools::repo_root().join("crds");
     let out = cp
         .kubectl()
         .args(["apply", "--server-side", "-f"])
@@ -1242,8 +1242,8 @@ mod null_writer {
 
     /// Byte sizes of the data keys of a real bundle for these parameters.
     fn data_sizes(args: &Args) -> anyhow::Result<Vec<(String, usize)>> {
-        use p12_operator::keystore::{Profile, build_keystore, build_truststore};
-        use p12_operator::pki::*;
+        use p12_core::keystore::{Profile, build_keystore, build_truststore};
+        use p12_core::pki::*;
         let algorithm = key_algorithm(args);
         let profile: Profile = args.profile.parse().map_err(|e: String| anyhow!(e))?;
         let now = jiff::Timestamp::now();
@@ -1268,7 +1268,7 @@ mod null_writer {
         let key = PrivateKey::generate(algorithm)?;
         let csr = VerifiedCsr::parse_and_verify(&build_csr(&key, &leaf.subject, &leaf.sans)?)?;
         let cert = sign(&ca, &csr, &leaf, now)?;
-        let pw = p12_operator::bundle::generate_password();
+        let pw = p12_core::bundle::generate_password();
         let ks = build_keystore(&key, &cert.der, ca.chain(), "req-00000", &pw, profile)?;
         let ts = build_truststore(&[ca.root_der().to_vec()], &pw, profile)?;
         Ok(vec![

@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 use p12_operator::api::CertificateRequest;
 use p12_operator::keystore::read_keystore;
 use p12_operator::sensitive::SecretString;
-use p12_operator::testenv::netns::TestNet;
+use p12_testenv::netns::TestNet;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
