@@ -1,0 +1,440 @@
+//! `p12-operator run`: the admin endpoints, leader election, the CA loader,
+//! the watches and their caches, and the controller loop until shutdown. Uses
+//! everything else in `reconciler`; decides nothing about a single request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, watcher};
+use kube::{Client, ResourceExt};
+
+use super::ca::{self, CaSettings};
+use super::context::{Context, ContextSettings, request_key};
+use super::pass::{error_policy, reconcile};
+use super::{RunArgs, probe};
+use crate::api::CertificateRequest;
+use crate::bundle::{self, annotations as ann};
+use crate::pki::Policy;
+use crate::probe::pod as probe_pod;
+
+fn policy(args: &RunArgs) -> Policy {
+    Policy {
+        min_duration: args.min_duration,
+        max_duration: args.max_duration,
+        allow_wildcard_dns: !args.deny_wildcards,
+        allow_ip_sans: !args.deny_ip_sans,
+        ..Policy::default()
+    }
+}
+
+/// `p12-operator run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
+    let api_server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
+    let ca_settings = CaSettings {
+        api_server: api_server.trim_end_matches('/').to_string(),
+        namespace: args.namespace.clone(),
+        secret_name: args.ca_secret.clone(),
+        create: args.ca_create,
+        algorithm: args.ca_key_algorithm,
+        common_name: args.ca_common_name.clone(),
+        validity: args.ca_duration,
+    };
+    let instance = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));
+
+    // Admin endpoints first, so probes answer while this replica waits for the lease.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let health = Arc::new(crate::admin::Health::default());
+    let leadership = if args.leader_elect {
+        crate::leader::Leadership::elected()
+    } else {
+        crate::leader::Leadership::always()
+    };
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_bind_address)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "failed to listen on --admin-bind-address {}: {e}",
+                args.admin_bind_address
+            )
+        })?;
+    tokio::spawn(crate::admin::serve(
+        admin_listener,
+        metrics.clone(),
+        health.clone(),
+        leadership.clone(),
+    ));
+
+    let lease_api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &args.namespace);
+    let lease_cfg = crate::leader::LeaseConfig::new(&args.lease_name, &instance);
+    if args.leader_elect {
+        health
+            .standby
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(lease = %args.lease_name, identity = %instance, "waiting for the leader lease");
+        crate::leader::acquire(lease_api.clone(), lease_cfg.clone(), &leadership, || {
+            // Writes already stopped at the renew deadline; exit so the pod restarts as a standby.
+            std::process::exit(1);
+        })
+        .await;
+        health
+            .standby
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    let (pod_reader, pod_writer) = reflector::store::<Pod>();
+    let (ctx, revisit_rx) = Context::new(
+        client.clone(),
+        ContextSettings {
+            instance,
+            policy: policy(&args),
+            ca: ca_settings,
+            concurrency: args.concurrency,
+            probe: (!args.disable_probes).then(|| {
+                probe::ProbeState::new(
+                    probe::ProbeConfig {
+                        image: args.probe_image.clone(),
+                        grace: args.probe_grace,
+                        network_policy: args.probe_network_policy,
+                    },
+                    pod_reader.clone(),
+                )
+            }),
+            leadership: leadership.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        },
+    );
+
+    // The CA: loaded before the controller starts, then kept loaded (retried
+    // while the API server cannot deliver it, reloaded when its Secret changes).
+    let ca_api: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let (all_tx, all_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (ca_seen_tx, ca_seen_rx) = tokio::sync::watch::channel::<Option<String>>(None);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(ca::keep_loaded(
+        ctx.clone(),
+        ca_api,
+        ca_seen_rx,
+        all_tx,
+        first_tx,
+    ));
+    let ca_meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &args.namespace);
+    let ca_filter = watcher::Config::default().fields(&format!("metadata.name={}", args.ca_secret));
+    tokio::spawn(async move {
+        let mut events = watcher(ca_meta, ca_filter).backoff(watch_backoff()).boxed();
+        while let Some(ev) = events.next().await {
+            let version = match ev {
+                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
+                    s.resource_version().unwrap_or_default()
+                }
+                Ok(watcher::Event::Delete(_)) => "deleted".to_string(),
+                _ => continue,
+            };
+            ca_seen_tx.send_if_modified(|v| {
+                let changed = v.as_deref() != Some(version.as_str());
+                *v = Some(version);
+                changed
+            });
+        }
+    });
+    let _ = first_rx.await;
+
+    let (crs, secrets, pods, slices): (
+        Api<CertificateRequest>,
+        Api<PartialObjectMeta<Secret>>,
+        Api<Pod>,
+        Api<PartialObjectMeta<EndpointSlice>>,
+    ) = match &args.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    // Probe pods (ours only, by label) and EndpointSlice metadata trigger probes.
+    let probe_selector = format!(
+        "{}={},{}={}",
+        probe_pod::COMPONENT_LABEL,
+        probe_pod::COMPONENT,
+        bundle::MANAGED_BY_LABEL,
+        bundle::MANAGED_BY
+    );
+    let pod_stream = watcher(
+        pods,
+        watcher::Config::default()
+            .labels(&probe_selector)
+            .any_semantic(),
+    )
+    .backoff(watch_backoff())
+    .modify(|p| {
+        p.managed_fields_mut().clear();
+    })
+    .reflect(pod_writer)
+    .touched_objects();
+    let ctx5 = ctx.clone();
+    let slice_stream = watcher(
+        slices,
+        watcher::Config::default()
+            .labels("kubernetes.io/service-name")
+            .any_semantic(),
+    )
+    .backoff(watch_backoff())
+    .touched_objects();
+    let (reader, writer) = reflector::store();
+    let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
+        .backoff(watch_backoff())
+        .inspect({
+            let health = health.clone();
+            move |item| health.watch_result("CertificateRequest", item)
+        })
+        .modify(|cr| {
+            // Keep only what reconciling reads: one copy of every request stays
+            // in memory. Labels and foreign annotations (`kubectl apply` copies
+            // the whole spec into one) are never read, and the cached object is
+            // never written back (status goes out as its own patch).
+            cr.managed_fields_mut().clear();
+            cr.metadata.labels = None;
+            cr.annotations_mut()
+                .retain(|k, _| k.starts_with(ann::PREFIX));
+            if cr.annotations().is_empty() {
+                cr.metadata.annotations = None;
+            }
+        })
+        // Before the cache takes the new copy: compare it with the old one, and
+        // forget requests that a re-list (after a watch gap) no longer shows.
+        .inspect_ok({
+            let (ctx, cache, metrics) = (ctx.clone(), reader.clone(), metrics.clone());
+            let mut relisted: Option<std::collections::HashSet<ObjectRef<CertificateRequest>>> =
+                None;
+            move |ev| match ev {
+                watcher::Event::Apply(cr) => {
+                    ctx.request_changed(cache.get(&request_key(cr)).as_deref(), cr)
+                }
+                watcher::Event::Init => relisted = Some(Default::default()),
+                watcher::Event::InitApply(cr) => {
+                    ctx.request_changed(cache.get(&request_key(cr)).as_deref(), cr);
+                    relisted
+                        .get_or_insert_with(Default::default)
+                        .insert(request_key(cr));
+                }
+                watcher::Event::InitDone => {
+                    let seen = relisted.take().unwrap_or_default();
+                    for gone in cache.state() {
+                        if !seen.contains(&request_key(&gone)) {
+                            metrics.forget(&gone.namespace().unwrap_or_default(), &gone.name_any());
+                            ctx.forget(&gone);
+                        }
+                    }
+                }
+                watcher::Event::Delete(_) => {}
+            }
+        })
+        .reflect(writer)
+        .inspect_ok({
+            let (metrics, health, forget_ctx) = (metrics.clone(), health.clone(), ctx.clone());
+            move |ev| match ev {
+                watcher::Event::Delete(cr) => {
+                    metrics.forget(&cr.namespace().unwrap_or_default(), &cr.name_any());
+                    forget_ctx.forget(cr);
+                }
+                watcher::Event::InitDone => health
+                    .synced
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                _ => {}
+            }
+        })
+        .applied_objects();
+
+    let ctx2 = ctx.clone();
+    let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
+        .backoff(watch_backoff())
+        .inspect({
+            let health = health.clone();
+            move |item| health.watch_result("Secret", item)
+        })
+        .modify(|s| {
+            s.managed_fields_mut().clear();
+            s.annotations_mut().clear();
+        })
+        .inspect_ok(move |ev| ctx2.observe_secret(ev))
+        .touched_objects();
+
+    // The controller drains in-flight passes on SIGTERM/Ctrl-C; passes still
+    // waiting for a slot are not in flight yet and must not delay the exit.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            ctx.draining.send_replace(true);
+        });
+    }
+    tokio::spawn(return_memory_when_idle(ctx.metrics.clone()));
+    let ctx4 = ctx.clone();
+    let mut draining = ctx.draining.subscribe();
+    tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
+    Controller::for_stream(cr_stream, reader)
+        // Each watch above backs off on its own; this only guards the merged stream.
+        .trigger_backoff(watch_backoff())
+        .watches_stream(secret_stream, move |s| ctx4.requests_for(&s))
+        .owns_stream(pod_stream)
+        .watches_stream(slice_stream, move |s: PartialObjectMeta<EndpointSlice>| {
+            let service = s
+                .labels()
+                .get("kubernetes.io/service-name")
+                .cloned()
+                .unwrap_or_default();
+            match &ctx5.probe {
+                Some(p) => p.endpoints_changed(&s.namespace().unwrap_or_default(), &service),
+                None => Vec::new(),
+            }
+        })
+        .reconcile_all_on(tokio_stream_from(all_rx))
+        .reconcile_on(futures::stream::poll_fn({
+            let mut rx = revisit_rx;
+            move |cx| rx.poll_recv(cx)
+        }))
+        // `Context::passes` limits passes, in arrival order; kube-runtime only
+        // bounds how many wait for a slot (see ADMITTED).
+        .with_config(kube::runtime::controller::Config::default().concurrency(ADMITTED))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    // The controller ends only on SIGTERM/Ctrl-C, which also sets `draining`
+    // (from another task, hence the short wait); anything else is a defect.
+    let signalled = tokio::time::timeout(Duration::from_secs(1), draining.wait_for(|d| *d))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !signalled {
+        health.fail("the controller loop ended without a shutdown signal");
+    }
+    tracing::info!("controller stopped; in-flight reconciles drained");
+    if args.leader_elect {
+        crate::leader::release(&lease_api, &lease_cfg).await;
+    }
+    if !signalled {
+        anyhow::bail!("failed to keep the controller running: it ended without a shutdown signal");
+    }
+    Ok(())
+}
+
+/// Passes kube-runtime hands over at once; they then wait for one of the
+/// `--concurrency` slots in arrival order. kube-runtime's runner polls every
+/// admitted pass on each wake-up and keeps its table at the largest size it
+/// reached, so admitting everything costs CPU and memory in proportion to the
+/// backlog. Beyond this many due requests, kube-runtime picks the next one in
+/// no particular order (docs/benchmarks.md).
+const ADMITTED: u16 = 1024;
+
+/// After a burst of passes, hands the memory it freed back to the system.
+/// glibc's allocator keeps freed memory in its arenas, so without this the
+/// operator's resident size stays at the peak of its largest wave; one
+/// `malloc_trim` when the work stops costs a few milliseconds.
+async fn return_memory_when_idle(metrics: Arc<crate::metrics::Metrics>) {
+    let mut seen = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let passes = metrics.reconciles.get();
+        if passes != seen && metrics.in_flight.get() == 0 {
+            seen = passes;
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+}
+
+/// The first SIGTERM or Ctrl-C (the same signals as `Controller::shutdown_on_signal`).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Watch reconnection back-off: 0.5 s doubling to 5 s (with jitter), starting
+/// over after 10 s without errors. Shorter than kube's default (30 s cap, 120 s
+/// reset) so that after an API server outage the operator is back within
+/// seconds; a handful of watches retrying every 5 s cost the API server nothing.
+struct WatchBackoff {
+    next: Duration,
+    last_error: Option<std::time::Instant>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last_error
+            .is_some_and(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.next = BACKOFF_MIN;
+        }
+        self.last_error = Some(now);
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        Some(d.mul_f64(rand::random_range(0.8..1.2)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+fn watch_backoff() -> WatchBackoff {
+    WatchBackoff {
+        next: BACKOFF_MIN,
+        last_error: None,
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<()>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,161 @@
+//! What the API server or the cluster refuses: a 422, a failed write, a
+//! missing password Secret, no CA, no lease, a CA that loads late.
+
+use super::*;
+
+#[tokio::test]
+async fn a_422_from_the_api_server_becomes_invalid_request_without_retry() {
+    let h = harness();
+    let cr = request("");
+    h.api
+        .expect(
+            "POST",
+            &secrets_path(),
+            reply(
+                422,
+                "Invalid",
+                "Secret \"web-tls\" is invalid: metadata.labels: Invalid value",
+            ),
+        )
+        .expect("PATCH", &status_path(), status_echo("6"));
+    let action = h.pass(&cr).await.unwrap();
+    h.api.assert_done();
+    let (ready, reason, message) = condition(&h.api.calls()[1], "Ready");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "InvalidRequest")
+    );
+    assert!(
+        message.contains("metadata.labels: Invalid value"),
+        "{message}"
+    );
+    assert_eq!(action, Action::await_change());
+    assert!(
+        h.api
+            .event_reasons()
+            .await
+            .contains(&"InvalidRequest".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_failed_write_of_a_missing_secret_says_so_in_status() {
+    let h = harness();
+    let (_, cr) = h.issued().await;
+    h.list_secrets(vec![]);
+    h.api
+        .expect(
+            "POST",
+            &secrets_path(),
+            reply(500, "InternalError", "etcdserver: request timed out"),
+        )
+        .expect("PATCH", &status_path(), status_echo("30"));
+    h.pass(&cr).await.unwrap();
+    h.api.assert_done();
+    let (ready, reason, message) = condition(&h.api.calls()[1], "Ready");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "SecretWriteFailed")
+    );
+    assert!(
+        message.contains("etcdserver: request timed out"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_password_secret_is_reported_and_nothing_is_issued() {
+    let h = harness();
+    let cr = request("keystore: {passwordSecretRef: {name: pw, key: password}}\n");
+    h.api
+        .expect(
+            "GET",
+            &secret_path("pw"),
+            reply(404, "NotFound", "secrets \"pw\" not found"),
+        )
+        .expect("PATCH", &status_path(), status_echo("6"));
+    h.pass(&cr).await.unwrap();
+    h.api.assert_done();
+    let (_, reason, _) = condition(&h.api.calls()[1], "Ready");
+    assert_eq!(reason, "PasswordSecretNotFound");
+    assert_eq!(keys_generated(&h.ctx), 0);
+}
+
+#[tokio::test]
+async fn without_a_ca_requests_report_it_and_touch_no_secret() {
+    let h = harness();
+    h.ctx.set_ca(Err(CaProblem {
+        reason: "CANotFound",
+        message: "Secret p12-operator/p12-operator-ca does not exist".into(),
+    }));
+    let cr = request("");
+    h.api.expect("PATCH", &status_path(), status_echo("6"));
+    h.pass(&cr).await.unwrap();
+    h.api.assert_done();
+    let (_, reason, _) = condition(&h.api.calls()[0], "Ready");
+    assert_eq!(reason, "CANotFound");
+}
+
+#[tokio::test]
+async fn a_replica_without_the_lease_writes_nothing() {
+    let h = harness_with(crate::leader::Leadership::elected());
+    h.list_secrets(vec![]);
+    let cr = request("");
+    let err = h.pass(&cr).await.unwrap_err();
+    assert!(matches!(err, Error::NotLeader(_)), "{err}");
+    h.api.assert_done();
+    assert!(h.api.calls().is_empty(), "{:?}", h.api.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ca_that_cannot_be_read_at_start_up_is_retried_until_it_loads() {
+    let api = MockApi::default();
+    let h = harness_with(crate::leader::Leadership::always());
+    h.ctx.set_ca(Err(CaProblem {
+        reason: "CAUnavailable",
+        message: "the CA has not been loaded yet".into(),
+    }));
+    let ca = test_ca();
+    let ca_secret = json!({"apiVersion": "v1", "kind": "Secret",
+    "metadata": {"name": "p12-operator-ca", "namespace": "p12-operator", "resourceVersion": "7"},
+    "data": {
+        "tls.crt": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca.cert_pem()),
+        "tls.key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca.key_pem().expose()),
+    }});
+    let path = "/api/v1/namespaces/p12-operator/secrets/p12-operator-ca";
+    api.expect(
+        "GET",
+        path,
+        reply(503, "ServiceUnavailable", "the server is starting"),
+    )
+    .expect(
+        "GET",
+        path,
+        reply(503, "ServiceUnavailable", "the server is starting"),
+    )
+    .expect("GET", path, object(ca_secret));
+    let (_seen_tx, seen_rx) = tokio::sync::watch::channel(None);
+    let (all_tx, mut all_rx) = tokio::sync::mpsc::channel(1);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(ca::keep_loaded(
+        h.ctx.clone(),
+        Api::namespaced(api.client(), "p12-operator"),
+        seen_rx,
+        all_tx,
+        first_tx,
+    ));
+    first_rx.await.unwrap();
+    assert_eq!(h.ctx.ca().unwrap_err().reason, "CAUnavailable");
+    assert!(
+        h.ctx.health.ca_problem().is_some(),
+        "ready while no CA is usable"
+    );
+    // Retried with back-off, without any watch event: the Secret existed all along.
+    tokio::time::timeout(Duration::from_secs(120), all_rx.recv())
+        .await
+        .expect("the CA loaded and every request was revisited");
+    assert_eq!(h.ctx.ca().unwrap().fingerprint(), ca.fingerprint());
+    assert!(h.ctx.health.ca_problem().is_none());
+    api.assert_done();
+    task.abort();
+}
