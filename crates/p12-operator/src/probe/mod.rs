@@ -11,8 +11,6 @@ pub mod client;
 pub mod pod;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -20,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
 use crate::api::v1alpha1::{EndpointResult, ProbeStatus};
+use crate::cli::ProbeArgs;
 use crate::pki::{CertInfo, fingerprint_sha256, parse_certificate_info};
 
 /// Kubernetes reads at most this many bytes of a container's termination message.
@@ -27,51 +26,6 @@ pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
 /// How many endpoints are probed at once.
 pub const CONCURRENCY: usize = 16;
-
-/// Flags of `p12-operator probe`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ProbeArgs {
-    /// An endpoint to probe, as `ip:port` (`[ipv6]:port`); repeat for several.
-    #[arg(long = "endpoint", value_name = "IP:PORT", required = true)]
-    pub endpoints: Vec<SocketAddr>,
-
-    /// The name sent as SNI and verified against the certificate, e.g. `web.shop.svc`.
-    #[arg(long, value_name = "NAME")]
-    pub server_name: String,
-
-    /// A PEM file with the CA certificate(s) to trust.
-    #[arg(long, value_name = "PATH")]
-    pub ca_file: Option<PathBuf>,
-
-    /// The CA certificate(s) to trust, as PEM text (probe pods get it through the environment).
-    #[arg(
-        long,
-        value_name = "PEM",
-        env = "P12_PROBE_CA_PEM",
-        hide_env_values = true
-    )]
-    pub ca_pem: Option<String>,
-
-    /// SHA-256 fingerprint (hex, colons allowed) of the certificate the endpoints should serve.
-    #[arg(long, value_name = "HEX", env = "P12_PROBE_EXPECT_FINGERPRINT")]
-    pub expect_fingerprint: Option<String>,
-
-    /// How long to wait for the TCP connection, e.g. `5s`.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
-    pub connect_timeout: Duration,
-
-    /// How long to wait for the TLS handshake once connected, e.g. `10s`.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
-    pub handshake_timeout: Duration,
-}
-
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    let duration = crate::duration::parse(text)?;
-    if duration.is_zero() {
-        return Err(format!("{text:?} must be longer than zero"));
-    }
-    Ok(duration)
-}
 
 /// Why an endpoint passed or failed: a stable PascalCase word.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -508,6 +462,8 @@ pub async fn main(args: ProbeArgs) -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::pki::{
         CertificateAuthority, CsrSubject, KeyAlgorithm, LeafProfile, PrivateKey, SubjectAltNames,

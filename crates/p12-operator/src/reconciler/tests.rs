@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::api::CertificateRequestSpec;
+use crate::pki::KeyAlgorithm;
 
 const NS: &str = "shop";
 const UID: &str = "0b5e5c1e-1111-4222-8333-944455556666";
