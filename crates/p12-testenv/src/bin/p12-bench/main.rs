@@ -31,17 +31,15 @@ mod procfs;
 mod report;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, watcher};
@@ -49,6 +47,16 @@ use kube::{Client, Resource, ResourceExt};
 use p12_core::api::{CertificateRequest, CertificateRequestStatus};
 use p12_testenv::{TestCluster, process};
 use serde_json::{Value, json};
+
+use driver::{
+    Seen, Wave, Writer, apply_crd, create_namespace, create_unrelated, is_ready, key_of,
+    request_object, wait_for,
+};
+use measure::{
+    Pids, RssSampler, api_summary, cpu_delta, cpu_snapshot, key_algorithm, keygen_alone,
+    keygen_ratios, mib, scrape_metrics,
+};
+use report::{print_table, wave_figures};
 
 const RUN_LABEL: &str = "p12-bench.io/run";
 const RENEW_ANNOTATION: &str = "p12-operator.io/renew-requested-at";
