@@ -8,7 +8,8 @@ use futures::StreamExt;
 use jiff::Timestamp;
 
 use super::judge::normalize_fingerprint;
-use super::{ProbeArgs, ProbeReport, ProbeResult, TERMINATION_MESSAGE_LIMIT, client};
+use super::{ProbeReport, ProbeResult, TERMINATION_MESSAGE_LIMIT, client};
+use crate::cli::ProbeArgs;
 
 /// How many endpoints are probed at once.
 pub const CONCURRENCY: usize = 16;

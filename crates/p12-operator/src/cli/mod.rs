@@ -1,8 +1,29 @@
-//! Command-line interface: the subcommands and their flags.
+//! Command-line interface: the subcommands and their flags, one file per
+//! subcommand. Only clap argument types live here; they may use std, clap and
+//! p12-core types, never the controller, probes, commands or inspect, which all
+//! depend on this module instead.
+
+mod completion;
+mod inspect;
+mod probe;
+mod probe_now;
+mod renew;
+mod run;
+mod selection;
+mod status;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+pub use completion::CompletionArgs;
+pub use inspect::InspectArgs;
+pub use probe::ProbeArgs;
+pub use probe_now::ProbeNowArgs;
+pub use renew::RenewArgs;
+pub use run::RunArgs;
+pub use selection::Selection;
+pub use status::StatusArgs;
 
 /// Issues PKCS#12 keystores from CertificateRequests and verifies, over real
 /// TLS, that workloads serve what was issued.
@@ -24,21 +45,30 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller.
-    Run(crate::reconciler::RunArgs),
+    Run(RunArgs),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
     /// Probe TLS endpoints and report, as JSON, what each one served (what probe pods run).
-    Probe(crate::probe::ProbeArgs),
+    Probe(ProbeArgs),
     /// Describe a PKCS#12 bundle from a file or a Secret: subject, names, validity, chain, fingerprint — never the key.
-    Inspect(crate::inspect::InspectArgs),
+    Inspect(InspectArgs),
     /// Summarise a CertificateRequest: spec, conditions, certificate, Secret (never its values), probe results and recent Events.
-    Status(crate::commands::StatusArgs),
+    Status(StatusArgs),
     /// Force a re-issue of CertificateRequests now (sets p12-operator.io/renew-requested-at).
-    Renew(crate::commands::RenewArgs),
+    Renew(RenewArgs),
     /// Ask the operator to probe a request's Service now (sets p12-operator.io/probe-requested-at).
-    ProbeNow(crate::commands::ProbeNowArgs),
+    ProbeNow(ProbeNowArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
-    Completion(crate::commands::CompletionArgs),
+    Completion(CompletionArgs),
+}
+
+/// How the report is printed.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
 }
 
 /// Where fatal errors are written for Kubernetes to show as the container's

@@ -1,0 +1,85 @@
+//! Flags of `p12-operator run`: what the controller is told at start-up. Uses
+//! only clap and p12-core types (key algorithms, durations), never the controller.
+
+use std::time::Duration;
+
+use p12_core::duration;
+use p12_core::pki::KeyAlgorithm;
+
+/// Flags of `p12-operator run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The operator's own namespace, where the CA Secret lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "p12-operator")]
+    pub namespace: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "P12_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Name of the CA Secret (tls.crt, tls.key, optional ca.crt) in --namespace.
+    #[arg(long, default_value = "p12-operator-ca")]
+    pub ca_secret: String,
+    /// Create a self-signed root CA when the CA Secret does not exist.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ca_create: bool,
+    /// Key algorithm of a created CA: ECDSA-P256, ECDSA-P384, RSA-2048, RSA-3072, RSA-4096 or Ed25519.
+    #[arg(long, default_value = "ECDSA-P256", value_parser = parse_algorithm)]
+    pub ca_key_algorithm: KeyAlgorithm,
+    /// Lifetime of a created CA.
+    #[arg(long, default_value = "87600h", value_parser = duration::parse)]
+    pub ca_duration: Duration,
+    /// Common name of a created CA.
+    #[arg(long, default_value = "p12-operator CA")]
+    pub ca_common_name: String,
+    /// Shortest certificate lifetime a request may ask for (policy).
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub min_duration: Duration,
+    /// Longest certificate lifetime a request may ask for (policy).
+    #[arg(long, default_value = "9528h", value_parser = duration::parse)]
+    pub max_duration: Duration,
+    /// Refuse wildcard DNS names (policy).
+    #[arg(long)]
+    pub deny_wildcards: bool,
+    /// Refuse IP address SANs (policy).
+    #[arg(long)]
+    pub deny_ip_sans: bool,
+    /// Requests reconciled at once (API-bound; crypto is limited to one task per core separately).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u16,
+    /// Image of probe pods: the operator's own image.
+    #[arg(long, env = "P12_OPERATOR_IMAGE", default_value = concat!("ghcr.io/p12-operator/p12-operator:", env!("CARGO_PKG_VERSION")))]
+    pub probe_image: String,
+    /// Time workloads get to reload a renewed certificate before it is probed.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub probe_grace: Duration,
+    /// Never run probe pods (requests with spec.probe are issued, not verified).
+    #[arg(long)]
+    pub disable_probes: bool,
+    /// Give each probe pod a NetworkPolicy allowing egress only to the endpoints it probes.
+    #[arg(long)]
+    pub probe_network_policy: bool,
+    /// Address of the admin endpoints (/metrics, /livez, /readyz); port 0 picks one.
+    #[arg(long, env = "P12_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub admin_bind_address: std::net::SocketAddr,
+    /// Run only while holding the Lease --lease-name in --namespace (for several replicas).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "p12-operator")]
+    pub lease_name: String,
+}
+
+fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
+    Ok(match s.to_ascii_uppercase().as_str() {
+        "ECDSA-P256" | "ECDSA" => KeyAlgorithm::EcdsaP256,
+        "ECDSA-P384" => KeyAlgorithm::EcdsaP384,
+        "RSA-2048" | "RSA" => KeyAlgorithm::Rsa2048,
+        "RSA-3072" => KeyAlgorithm::Rsa3072,
+        "RSA-4096" => KeyAlgorithm::Rsa4096,
+        "ED25519" => KeyAlgorithm::Ed25519,
+        _ => {
+            return Err(format!(
+                "unknown algorithm {s:?}; use ECDSA-P256, ECDSA-P384, RSA-2048, RSA-3072, RSA-4096 or Ed25519"
+            ));
+        }
+    })
+}

@@ -1,0 +1,280 @@
+//! The load driver: starts the writer under test as a child process, applies
+//! the CRD, creates namespaces, unrelated Secrets and requests, and waits for
+//! them. Uses the control plane and the kube client; measures nothing itself.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use p12_core::api::CertificateRequest;
+use p12_testenv::{TestCluster, process};
+use serde_json::json;
+
+use crate::{Args, OPERATOR_NAMESPACE, RUN_LABEL};
+
+/// What the watch saw, per request (`namespace/name`).
+#[derive(Default)]
+pub(crate) struct Seen {
+    pub(crate) ready: HashMap<String, Instant>,
+    /// Ready lastTransitionTime − creationTimestamp, whole seconds (server clocks).
+    pub(crate) server_latency: HashMap<String, i64>,
+    pub(crate) renewed: HashMap<String, Instant>,
+}
+
+pub(crate) fn is_ready(cr: &CertificateRequest) -> bool {
+    cr.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+pub(crate) fn key_of(cr: &CertificateRequest) -> String {
+    format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
+}
+
+pub(crate) fn request_object(
+    args: &Args,
+    run_id: &str,
+    ns: &str,
+    i: usize,
+) -> anyhow::Result<CertificateRequest> {
+    let name = format!("req-{i:05}");
+    let mut private_key = json!({ "algorithm": args.algorithm });
+    if let Some(size) = args.size {
+        private_key["size"] = json!(size);
+    }
+    let value = json!({
+        "apiVersion": "p12-operator.io/v1alpha1",
+        "kind": "CertificateRequest",
+        "metadata": { "name": name, "namespace": ns, "labels": { RUN_LABEL: run_id } },
+        "spec": {
+            "secretName": format!("{name}-tls"),
+            "dnsNames": [format!("{name}.{ns}.svc"), format!("{name}.{ns}.svc.cluster.local")],
+            "privateKey": private_key,
+            "keystore": { "profile": args.profile },
+        }
+    });
+    serde_json::from_value(value).context("building a CertificateRequest")
+}
+
+/// The writer under test: the operator or the null writer, as a child process.
+pub(crate) struct Writer {
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
+    pub(crate) pid: u32,
+}
+
+impl Writer {
+    pub(crate) fn start(args: &Args, cluster: &TestCluster) -> anyhow::Result<Writer> {
+        let cp = cluster.control_plane();
+        let here = std::env::current_exe().context("locating p12-bench")?;
+        let (mut cmd, log) = if args.null_writer {
+            let mut cmd = Command::new(&here);
+            cmd.arg("--serve-null-writer")
+                .args(["--algorithm", &args.algorithm])
+                .args(["--profile", &args.profile])
+                .args(["--null-concurrency", &args.null_concurrency.to_string()]);
+            if let Some(size) = args.size {
+                cmd.args(["--size", &size.to_string()]);
+            }
+            (cmd, cp.dir.join("null-writer.log"))
+        } else {
+            let bin = args.operator_bin.clone().unwrap_or_else(|| {
+                here.parent()
+                    .map(|d| d.join("p12-operator"))
+                    .unwrap_or_else(|| "p12-operator".into())
+            });
+            if !bin.exists() {
+                bail!(
+                    "{} does not exist; build it first (cargo build --release --bins)",
+                    bin.display()
+                );
+            }
+            let mut cmd = Command::new(bin);
+            cmd.args([
+                "--log-level",
+                "info",
+                "run",
+                "--namespace",
+                OPERATOR_NAMESPACE,
+            ])
+            .args(&args.operator_args);
+            (cmd, cp.dir.join("operator.log"))
+        };
+        let file = std::fs::File::create(&log)?;
+        cmd.env("KUBECONFIG", &cp.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("P12_LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = process::spawn_tied(cmd).context("starting the writer")?;
+        let pid = child.id();
+        Ok(Writer { child, log, pid })
+    }
+
+    /// Waits for the line that says the writer is watching.
+    pub(crate) fn wait_started(&mut self, null: bool) -> anyhow::Result<()> {
+        let marker = if null {
+            "null writer ready"
+        } else {
+            "starting controller"
+        };
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("the writer exited ({status}); see {}", self.log.display());
+            }
+            if std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .contains(marker)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the writer did not start within 60 s; see {}",
+            self.log.display()
+        )
+    }
+
+    pub(crate) fn alive(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!("the writer exited ({status}); see {}", self.log.display());
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn apply_crd(cluster: &TestCluster) -> anyhow::Result<()> {
+    let cp = cluster.control_plane();
+    let crds = p12_testenv::tools::repo_root().join("crds");
+    let out = cp
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&crds)
+        .output()?;
+    if !out.status.success() {
+        bail!("CRD apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = cp
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/certificaterequests.p12-operator.io",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "CRD not established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(anyhow!("creating namespace {name}: {e}")),
+    }
+}
+
+pub(crate) async fn create_unrelated(
+    client: &Client,
+    namespaces: &[String],
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let ns = namespaces[i % namespaces.len()].clone();
+            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            async move {
+                let mut data = vec![0u8; 10 * 1024];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+                let s = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(format!("unrelated-{i:05}")),
+                        labels: Some([("app".to_string(), "unrelated".to_string())].into()),
+                        ..Default::default()
+                    },
+                    data: Some([("blob".to_string(), ByteString(data))].into()),
+                    type_: Some("Opaque".into()),
+                    ..Default::default()
+                };
+                match api.create(&PostParams::default(), &s).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(anyhow!("creating unrelated Secret {i}: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(began.elapsed())
+}
+
+/// Waits until `done()` reaches `n`, failing early when the writer dies.
+pub(crate) async fn wait_for(
+    writer: &mut Writer,
+    n: usize,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn() -> usize,
+) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let count = done();
+        if count >= n {
+            return Ok(());
+        }
+        writer.alive()?;
+        if began.elapsed() > timeout {
+            bail!(
+                "timed out after {}s: {count}/{n} {what}; writer log: {}",
+                timeout.as_secs(),
+                writer.log.display()
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  … {count}/{n} {what} after {:.0}s",
+                began.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub(crate) struct Wave {
+    pub(crate) began: Instant,
+    pub(crate) sent: HashMap<String, Instant>,
+    pub(crate) last_send: Instant,
+}
