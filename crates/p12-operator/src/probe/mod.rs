@@ -16,8 +16,6 @@ pub mod report;
 pub mod run;
 mod verifier;
 
-
 pub use judge::{Finding, Observation, judge, normalize_fingerprint};
 pub use report::{ProbeReport, ProbeResult, Reason, TERMINATION_MESSAGE_LIMIT};
 pub use run::{CONCURRENCY, main, probe_all};
-

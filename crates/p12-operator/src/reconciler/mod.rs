@@ -23,10 +23,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
-
-use crate::duration;
-use crate::pki::{self, KeyAlgorithm};
+use crate::pki;
 
 pub use context::{Context, ContextSettings};
 pub(crate) use context::{MANAGER, request_key};

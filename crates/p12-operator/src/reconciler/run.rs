@@ -20,9 +20,9 @@ use super::ca::{self, CaSettings};
 use super::context::{Context, ContextSettings, request_key};
 use super::pass::{error_policy, reconcile};
 use super::probe;
-use crate::cli::RunArgs;
 use crate::api::CertificateRequest;
 use crate::bundle::{self, annotations as ann};
+use crate::cli::RunArgs;
 use crate::pki::Policy;
 use crate::probe::pod as probe_pod;
 

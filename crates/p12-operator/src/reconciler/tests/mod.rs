@@ -39,6 +39,7 @@ use super::*;
 use crate::api::{CertificateRequest, CertificateRequestSpec, CertificateRequestStatus};
 use crate::bundle;
 use crate::events::Kind as EventType;
+use crate::pki::KeyAlgorithm;
 use crate::pki::{CertificateAuthority, Policy};
 
 const NS: &str = "shop";
