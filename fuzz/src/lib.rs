@@ -247,41 +247,6 @@ pub fn ca_load(data: &[u8]) {
     pki::parse_certificate_info(&issued.der).expect("the leaf parses");
 }
 
-/// One DER element at the front of `input`: (whole element, content, rest).
-fn der_element(input: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let first = *input.get(1)?;
-    let (start, len) = if first < 0x80 {
-        (2, usize::from(first))
-    } else {
-        let n = usize::from(first & 0x7f);
-        let bytes = input.get(2..2 + n).filter(|_| n <= 4)?;
-        (
-            2 + n,
-            bytes.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b)),
-        )
-    };
-    let end = start.checked_add(len).filter(|end| *end <= input.len())?;
-    Some((&input[..end], &input[start..end], &input[end..]))
-}
-
-/// The SubjectPublicKeyInfo of a DER certificate (empty if it cannot be found).
-fn cert_spki(cert_der: &[u8]) -> Vec<u8> {
-    let spki = || {
-        let (_, cert, _) = der_element(cert_der)?;
-        let (_, tbs, _) = der_element(cert)?;
-        let mut fields = Vec::new();
-        let mut rest = tbs;
-        while let Some((element, _, next)) = der_element(rest) {
-            fields.push(element);
-            rest = next;
-        }
-        // version [0] (optional), serial, signature, issuer, validity, subject, spki
-        let index = if tbs.first() == Some(&0xa0) { 6 } else { 5 };
-        fields.get(index).map(|f| f.to_vec())
-    };
-    spki().unwrap_or_default()
-}
-
 // ---------------------------------------------------------------------------
 // cert_info: parse_certificate_info and the other readers of one DER certificate.
 
