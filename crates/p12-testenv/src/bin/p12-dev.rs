@@ -304,7 +304,7 @@ fn serve_and_verify(cluster: &TestCluster, bundle: &Path) -> Result<(), String> 
     let ip = net.add_host().map_err(|e| e.to_string())?;
     let ready = bundle.join("java-ready");
     let _ = std::fs::remove_file(&ready);
-    let source = repo().join("tests/java/TlsEndpoint.java");
+    let source = repo().join("crates/p12-operator/tests/java/TlsEndpoint.java");
     let mut java = net
         .command("java")
         .arg(&source)
@@ -329,7 +329,7 @@ fn serve_and_verify(cluster: &TestCluster, bundle: &Path) -> Result<(), String> 
         std::thread::sleep(Duration::from_millis(100));
     }
     println!(
-        "java tests/java/TlsEndpoint.java keystore.p12 … listening on {ip}:8443 (a test host in network namespace {})",
+        "java crates/p12-operator/tests/java/TlsEndpoint.java keystore.p12 … listening on {ip}:8443 (a test host in network namespace {})",
         net.name
     );
     let manifest = format!(
