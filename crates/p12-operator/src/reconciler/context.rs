@@ -140,7 +140,7 @@ impl Context {
         )
     }
 
-    pub(super) fn register_refs(&self, cr: &CertificateRequest) {
+    fn register_refs(&self, cr: &CertificateRequest) {
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();

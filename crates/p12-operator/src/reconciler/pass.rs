@@ -85,7 +85,6 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
 async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     crate::faults::panic_point(&cr.name_any());
     let oref = request_key(cr.as_ref());
-    ctx.register_refs(&cr);
 
     let outcome = async {
         let plan = match plan::plan(&cr, &ctx.policy) {

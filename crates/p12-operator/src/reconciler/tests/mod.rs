@@ -317,6 +317,8 @@ impl Harness {
     /// "10") and the request with the status written (resourceVersion "11").
     async fn issued(&self) -> (Value, CertificateRequest) {
         let cr = request("");
+        // The request watch registers what a request references.
+        self.ctx.request_changed(None, &cr);
         self.api.expect("POST", &secrets_path(), echo("10")).expect(
             "PATCH",
             &status_path(),
