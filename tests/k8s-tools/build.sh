@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager),
-# kubectl and helm from the Go modules pinned in tests/k8s-tools/go.mod into
+# the node parts (kubelet, kube-scheduler, kube-proxy), kubectl and helm from the Go modules pinned in tests/k8s-tools/go.mod into
 # target/k8s-tools/bin. Does nothing when they are already built for the pinned
 # versions. With KUBEBUILDER_ASSETS set to a folder holding etcd, kube-apiserver
 # and kube-controller-manager (what setup-envtest downloads), those are linked
@@ -22,10 +22,13 @@ declare -A pkgs=(
   [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
   [kubectl]=k8s.io/kubernetes/cmd/kubectl
   [helm]=helm.sh/helm/v4/cmd/helm
+  [kubelet]=k8s.io/kubernetes/cmd/kubelet
+  [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
+  [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
 )
 
 want=()
-for tool in etcd kube-apiserver kube-controller-manager kubectl helm; do
+for tool in etcd kube-apiserver kube-controller-manager kubectl helm kubelet kube-scheduler kube-proxy; do
   if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$tool" ]; then
     ln -sf "$KUBEBUILDER_ASSETS/$tool" "$out/$tool"
   else

@@ -78,12 +78,11 @@ impl ClusterCa {
         })
     }
 
-    /// The API server's serving certificate: valid for loopback and the in-cluster names.
-    pub fn serving(&self, service_ip: std::net::IpAddr) -> Result<CertAndKey, rcgen::Error> {
-        let mut sans = vec![
-            SanType::IpAddress("127.0.0.1".parse().unwrap()),
-            SanType::IpAddress(service_ip),
-        ];
+    /// The API server's serving certificate: valid for loopback, the given
+    /// addresses (the `kubernetes` Service IP, a node's address) and the in-cluster names.
+    pub fn serving(&self, ips: &[std::net::IpAddr]) -> Result<CertAndKey, rcgen::Error> {
+        let mut sans = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         for name in [
             "localhost",
             "kubernetes",

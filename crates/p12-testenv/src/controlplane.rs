@@ -12,6 +12,11 @@ use super::HarnessError;
 use super::certs::{self, ClusterCa};
 use super::{process, tools};
 
+/// The ClusterIP of the `kubernetes` Service (first address of the Service range).
+pub const SERVICE_IP: &str = "10.0.0.1";
+/// The Service ClusterIP range.
+pub const SERVICE_RANGE: &str = "10.0.0.0/24";
+
 /// How long the control plane may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -28,8 +33,34 @@ const CONTROLLERS: &[&str] = &[
     "replicaset-controller",
 ];
 
+/// The controllers a control plane with a real node adds: Services get
+/// EndpointSlices, the node's not-ready taint is lifted once it is Ready, and
+/// workloads other than Deployments, PodDisruptionBudgets and pod garbage
+/// collection work as in any cluster.
+const NODE_CONTROLLERS: &[&str] = &[
+    "endpoints-controller",
+    "endpointslice-controller",
+    "node-lifecycle-controller",
+    "statefulset-controller",
+    "daemonset-controller",
+    "disruption-controller",
+    "pod-garbage-collector-controller",
+    "ttl-controller",
+];
+
+/// How a control plane is started.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Serve a real node at this address (the machine's own interface): the API
+    /// server binds every interface and advertises this address, so pods reach it
+    /// through the `kubernetes` Service; Node authorization and NodeRestriction
+    /// are on; the node's controllers run. `None`: loopback only, no node.
+    pub node_ip: Option<std::net::IpAddr>,
+}
+
 struct Proc {
     name: &'static str,
+    exe: PathBuf,
     child: Child,
     log: PathBuf,
     args: Vec<String>,
@@ -57,7 +88,7 @@ pub struct ControlPlane {
     procs: Mutex<Vec<Proc>>,
 }
 
-fn free_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| {
         HarnessError::Start(format!("failed to find a free port on 127.0.0.1: {e}"))
     })?;
@@ -114,6 +145,11 @@ fn work_dir(label: &str) -> Result<PathBuf, HarnessError> {
 impl ControlPlane {
     /// Starts a fresh control plane whose files live in `target/testenv/<label>`.
     pub fn start(label: &str) -> Result<Self, HarnessError> {
+        Self::start_with(label, &Options::default())
+    }
+
+    /// Starts a fresh control plane as `options` say.
+    pub fn start_with(label: &str, options: &Options) -> Result<Self, HarnessError> {
         let bin = tools::ensure_built()?;
         let dir = work_dir(label)?;
         let began = Instant::now();
@@ -122,7 +158,9 @@ impl ControlPlane {
             .map_err(|e| HarnessError::Start(format!("failed to create the cluster CA: {e}")))?;
         let cert_err =
             |e: rcgen::Error| HarnessError::Start(format!("failed to create certificates: {e}"));
-        let serving = ca.serving("10.0.0.1".parse().unwrap()).map_err(cert_err)?;
+        let mut serving_ips = vec![SERVICE_IP.parse().unwrap()];
+        serving_ips.extend(options.node_ip);
+        let serving = ca.serving(&serving_ips).map_err(cert_err)?;
         let admin = ca
             .client("p12-test-admin", &["system:masters"])
             .map_err(cert_err)?;
@@ -189,37 +227,64 @@ impl ControlPlane {
         )?;
 
         let p = |path: &Path| path.display().to_string();
-        cp.spawn(
-            "kube-apiserver",
-            &[
-                format!("--etcd-servers={etcd_url}"),
+        let mut api_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", p(&dir.join("apiserver-certs"))),
+            format!("--tls-cert-file={}", p(&serving_crt)),
+            format!("--tls-private-key-file={}", p(&serving_key)),
+            format!("--client-ca-file={}", p(&ca_file)),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p(&sa_pub_file)),
+            format!("--service-account-signing-key-file={}", p(&sa_key_file)),
+            format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+            "--allow-privileged=false".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        match options.node_ip {
+            None => api_args.extend([
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                format!("--cert-dir={}", p(&dir.join("apiserver-certs"))),
-                format!("--tls-cert-file={}", p(&serving_crt)),
-                format!("--tls-private-key-file={}", p(&serving_key)),
-                format!("--client-ca-file={}", p(&ca_file)),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", p(&sa_pub_file)),
-                format!("--service-account-signing-key-file={}", p(&sa_key_file)),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--authorization-mode=RBAC".into(),
                 // The endpoint reconciler refuses loopback addresses; nothing here
                 // needs the `kubernetes` Service to have endpoints.
                 "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=false".into(),
-                "--profiling=false".into(),
-                "--v=1".into(),
-            ],
-        )?;
+            ]),
+            Some(ip) => {
+                // Pods reach the API server through the `kubernetes` Service, whose
+                // endpoint is the advertised address: bind every interface (client
+                // certificates or tokens only; nothing anonymous is authorized).
+                let kubelet_client = cp
+                    .ca
+                    .client("kube-apiserver-kubelet-client", &["system:masters"])
+                    .map_err(cert_err)?;
+                let kc_crt = write("kubelet-client.crt", &kubelet_client.cert_pem)?;
+                let kc_key = write("kubelet-client.key", &kubelet_client.key_pem)?;
+                api_args.extend([
+                    "--bind-address=0.0.0.0".into(),
+                    format!("--advertise-address={ip}"),
+                    "--authorization-mode=Node,RBAC".into(),
+                    "--enable-admission-plugins=NodeRestriction".into(),
+                    format!("--kubelet-client-certificate={}", p(&kc_crt)),
+                    format!("--kubelet-client-key={}", p(&kc_key)),
+                    "--kubelet-preferred-address-types=InternalIP".into(),
+                ]);
+            }
+        }
+        cp.spawn("kube-apiserver", &api_args)?;
         cp.wait_ready(began)?;
 
+        let mut controllers = CONTROLLERS.to_vec();
+        if options.node_ip.is_some() {
+            controllers.extend(NODE_CONTROLLERS);
+        }
+        let controllers = controllers.join(",");
         cp.spawn(
             "kube-controller-manager",
             &[
                 format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-                format!("--controllers={}", CONTROLLERS.join(",")),
+                format!("--controllers={controllers}"),
                 format!("--service-account-private-key-file={}", p(&sa_key_file)),
                 format!("--root-ca-file={}", p(&ca_file)),
                 "--leader-elect=false".into(),
@@ -234,7 +299,17 @@ impl ControlPlane {
     }
 
     fn spawn(&self, name: &'static str, args: &[String]) -> Result<(), HarnessError> {
-        let exe = self.bin.join(name);
+        self.spawn_exe(name, &self.bin.join(name), args)
+    }
+
+    /// Starts `exe` as a process of this cluster (logs in `<dir>/<name>.log`,
+    /// stopped with the rest, newest first).
+    pub(crate) fn spawn_exe(
+        &self,
+        name: &'static str,
+        exe: &Path,
+        args: &[String],
+    ) -> Result<(), HarnessError> {
         let log = self.dir.join(format!("{name}.log"));
         let out = File::options()
             .create(true)
@@ -242,7 +317,7 @@ impl ControlPlane {
             .open(&log)
             .map_err(io_err("create", &log))?;
         let err = out.try_clone().map_err(io_err("open", &log))?;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -252,6 +327,7 @@ impl ControlPlane {
             .map_err(|e| HarnessError::Start(format!("failed to start {}: {e}", exe.display())))?;
         self.procs.lock().unwrap().push(Proc {
             name,
+            exe: exe.to_path_buf(),
             child,
             log,
             args: args.to_vec(),
@@ -334,7 +410,7 @@ impl ControlPlane {
     /// Stops one component (`kube-apiserver`, `etcd`, …), waits `pause`, and
     /// starts it again with the same flags and port, waiting for `/readyz`.
     pub fn restart(&self, name: &str, pause: Duration) -> Result<(), HarnessError> {
-        let (name, args) = {
+        let (name, exe, args) = {
             let mut procs = self.procs.lock().unwrap();
             let i = procs
                 .iter()
@@ -342,11 +418,41 @@ impl ControlPlane {
                 .ok_or_else(|| HarnessError::Start(format!("no process named {name}")))?;
             let mut p = procs.remove(i);
             process::stop(&mut p.child, Duration::from_secs(10));
-            (p.name, p.args)
+            (p.name, p.exe, p.args)
         };
         std::thread::sleep(pause);
-        self.spawn(name, &args)?;
+        self.spawn_exe(name, &exe, &args)?;
         self.wait_ready(Instant::now())
+    }
+
+    /// Stops the named processes (newest first) and waits for them; the others run on.
+    pub(crate) fn stop_named(&self, names: &[&str], grace: Duration) {
+        let mut procs = self.procs.lock().unwrap();
+        let mut i = procs.len();
+        while i > 0 {
+            i -= 1;
+            if names.contains(&procs[i].name) {
+                let mut p = procs.remove(i);
+                process::stop(&mut p.child, grace);
+            }
+        }
+    }
+
+    /// Writes `<dir>/<file>` for a client-certificate identity (user from CN,
+    /// groups from O) talking to `server` (loopback by default).
+    pub(crate) fn component_kubeconfig(
+        &self,
+        file: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<PathBuf, HarnessError> {
+        let cert = self.ca.client(user, groups).map_err(|e| {
+            HarnessError::Start(format!("failed to create a client certificate: {e}"))
+        })?;
+        let path = self.dir.join(file);
+        certs::write_kubeconfig(&path, &self.server, &self.ca_pem, &cert, user)
+            .map_err(io_err("write", &path))?;
+        Ok(path)
     }
 
     /// Stops every process (newest first) and waits for them.

@@ -12,7 +12,9 @@
 
 pub mod certs;
 pub mod controlplane;
+pub mod images;
 pub mod netns;
+pub mod node;
 pub mod podrunner;
 pub mod process;
 pub mod tools;
@@ -26,6 +28,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub use controlplane::ControlPlane;
+pub use node::Node;
 pub use podrunner::PodRunnerConfig;
 
 /// The variable that names an existing cluster's kubeconfig to test against.

@@ -32,6 +32,25 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// What a real node adds to the control plane's tools.
+pub const NODE_TOOLS: [&str; 3] = ["kubelet", "kube-scheduler", "kube-proxy"];
+
+/// [`ensure_built`], and the node's tools too.
+pub fn ensure_node_tools() -> Result<PathBuf, HarnessError> {
+    let bin = target_dir().join("k8s-tools/bin");
+    if !NODE_TOOLS.iter().all(|t| is_executable(&bin.join(t))) {
+        run_build_script()?;
+    }
+    for t in NODE_TOOLS {
+        if !is_executable(&bin.join(t)) {
+            return Err(HarnessError::Build(format!(
+                "tests/k8s-tools/build.sh did not produce {t}"
+            )));
+        }
+    }
+    ensure_built()
+}
+
 /// The folder holding the tools, building them first when one is missing.
 ///
 /// `KUBEBUILDER_ASSETS`, when set, is honoured by the build script (it links
@@ -41,6 +60,18 @@ pub fn ensure_built() -> Result<PathBuf, HarnessError> {
     if TOOLS.iter().all(|t| is_executable(&bin.join(t))) {
         return Ok(bin);
     }
+    run_build_script()?;
+    for t in TOOLS {
+        if !is_executable(&bin.join(t)) {
+            return Err(HarnessError::Build(format!(
+                "tests/k8s-tools/build.sh did not produce {t}"
+            )));
+        }
+    }
+    Ok(bin)
+}
+
+fn run_build_script() -> Result<(), HarnessError> {
     let script = repo_root().join("tests/k8s-tools/build.sh");
     let status = Command::new("bash")
         .arg(&script)
@@ -53,15 +84,7 @@ pub fn ensure_built() -> Result<PathBuf, HarnessError> {
             script.display()
         )));
     }
-    for t in TOOLS {
-        if !is_executable(&bin.join(t)) {
-            return Err(HarnessError::Build(format!(
-                "{} did not produce {t}",
-                script.display()
-            )));
-        }
-    }
-    Ok(bin)
+    Ok(())
 }
 
 fn is_executable(p: &Path) -> bool {

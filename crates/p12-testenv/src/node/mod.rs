@@ -1,0 +1,428 @@
+//! A one-node cluster: the local control plane plus containerd + runc, a
+//! bridge pod network, kubelet, kube-scheduler and kube-proxy, on this machine.
+//!
+//! What users run — the operator's image, its probe pods, workloads mounting
+//! an issued Secret — runs here as real containers. [`Node::start`] fails with
+//! the kubelet's or containerd's own error line when the node cannot come up;
+//! there is no fallback. [`Node::teardown`] stops every process, removes every
+//! container, mount, link, network namespace and iptables chain the node made,
+//! puts the sysctls back and reports anything that still differs from before
+//! (see [`host`]). A run that was killed before its teardown is cleaned up by
+//! the next [`Node::start`].
+
+pub mod config;
+pub mod harness;
+pub mod host;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::controlplane::{self, ControlPlane, Options};
+use crate::{HarnessError, tools};
+use host::HostState;
+
+/// The node's name (and hostname override).
+pub const NODE_NAME: &str = "p12-node";
+/// How long the node may take to register and become Ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Programs the node needs from the machine, and the Debian package of each.
+const PREREQUISITES: &[(&str, &str)] = &[
+    ("/usr/bin/containerd", "containerd"),
+    ("/usr/bin/ctr", "containerd"),
+    ("/usr/sbin/runc", "runc"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("/usr/lib/cni/host-local", "containernetworking-plugins"),
+    ("/usr/sbin/iptables", "iptables"),
+    ("/usr/sbin/conntrack", "conntrack"),
+];
+
+/// A running one-node cluster.
+pub struct Node {
+    /// The control plane (its processes include the node's).
+    pub cp: ControlPlane,
+    /// The node's address: the machine's own interface.
+    pub ip: IpAddr,
+    /// containerd's socket (for `ctr`).
+    pub containerd_socket: PathBuf,
+    /// From the first process start to the node being Ready.
+    pub startup: Duration,
+    /// Image archives imported, and how long each import took.
+    pub imports: Vec<(String, Duration)>,
+    before: HostState,
+    marker: PathBuf,
+    torn_down: AtomicBool,
+}
+
+fn start_err(msg: impl Into<String>) -> HarnessError {
+    HarnessError::Start(msg.into())
+}
+
+/// The machine's first global IPv4 address: the kubelet refuses loopback.
+fn machine_ip() -> Result<IpAddr, HarnessError> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .map_err(|e| start_err(format!("failed to run `ip addr`: {e}")))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+        .next()
+        .ok_or_else(|| {
+            start_err("the machine has no global IPv4 address for the node (ip -4 addr)")
+        })
+}
+
+/// The last error lines of a component's log: what a failed start shows.
+fn log_errors(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with('E')
+                || l.starts_with('F')
+                || l.contains("level=error")
+                || l.contains("level=fatal")
+        })
+        .collect();
+    let pick = if errors.is_empty() {
+        text.lines().collect::<Vec<_>>()
+    } else {
+        errors
+    };
+    pick[pick.len().saturating_sub(n)..].join("\n")
+}
+
+/// Undoes what an earlier run under `base` left behind when it was killed
+/// before its teardown: its saved host state says what the host looked like.
+fn clean_leftovers(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let dir = e.path();
+        let Some(before) = HostState::load(&dir.join("host-before.json")) else {
+            continue;
+        };
+        let alive = std::fs::read_to_string(dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        if alive {
+            continue;
+        }
+        eprintln!(
+            "testenv: cleaning up after an earlier node run that was not torn down ({})",
+            dir.display()
+        );
+        before.restore(&dir);
+        let _ = std::fs::remove_file(dir.join("host-before.json"));
+    }
+}
+
+impl Node {
+    /// Starts the control plane and the node in `target/testenv/<label>`, and
+    /// imports the image archives `images` (plus the pause image) into containerd.
+    pub fn start(label: &str, images: &[PathBuf]) -> Result<Node, HarnessError> {
+        for (path, package) in PREREQUISITES {
+            if !Path::new(path).exists() {
+                return Err(start_err(format!(
+                    "the node needs {path}: apt-get install {package} (.ci/run installs it)"
+                )));
+            }
+        }
+        let bin = tools::ensure_node_tools()?;
+        let base = tools::target_dir().join("testenv");
+        clean_leftovers(&base);
+        let ip = machine_ip()?;
+
+        let began = Instant::now();
+        let before = HostState::capture(&base.join(label));
+        let cp = ControlPlane::start_with(label, &Options { node_ip: Some(ip) })?;
+        let dir = cp.dir.clone();
+        let marker = dir.clone();
+        before
+            .save(&dir.join("host-before.json"))
+            .map_err(|e| start_err(format!("failed to save the host state: {e}")))?;
+        let mut node = Node {
+            containerd_socket: dir.join("containerd/containerd.sock"),
+            cp,
+            ip,
+            startup: Duration::ZERO,
+            imports: Vec::new(),
+            before,
+            marker,
+            torn_down: AtomicBool::new(false),
+        };
+        // From here on a failure tears down what was started.
+        match node.start_parts(&bin, images) {
+            Ok(()) => {
+                node.startup = began.elapsed();
+                Ok(node)
+            }
+            Err(e) => {
+                let left = node.teardown();
+                if left.is_empty() {
+                    Err(e)
+                } else {
+                    Err(start_err(format!(
+                        "{e}\n(and the teardown left: {})",
+                        left.join("; ")
+                    )))
+                }
+            }
+        }
+    }
+
+    fn start_parts(&mut self, bin: &Path, images: &[PathBuf]) -> Result<(), HarnessError> {
+        let dir = self.cp.dir.clone();
+        let w = |rel: &str, text: String| -> Result<PathBuf, HarnessError> {
+            let p = dir.join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    start_err(format!("failed to create {}: {e}", parent.display()))
+                })?;
+            }
+            std::fs::write(&p, text)
+                .map_err(|e| start_err(format!("failed to write {}: {e}", p.display())))?;
+            Ok(p)
+        };
+        let cni_dir = dir.join("cni/net.d");
+        w(
+            "cni/net.d/10-p12-testenv.conflist",
+            config::cni(&dir, controlplane::SERVICE_RANGE, self.ip),
+        )?;
+        let containerd_conf = w(
+            "containerd/config.toml",
+            config::containerd(&dir, &self.containerd_socket, &cni_dir),
+        )?;
+        self.cp.spawn_exe(
+            "containerd",
+            Path::new("/usr/bin/containerd"),
+            &["--config".into(), containerd_conf.display().to_string()],
+        )?;
+        self.wait("containerd", Duration::from_secs(30), |n| {
+            Ok(n.ctr()
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success()))
+        })?;
+
+        let mut archives = vec![crate::images::build(&["pause"])?.remove(0)];
+        archives.extend(images.iter().cloned());
+        for archive in &archives {
+            let t = Instant::now();
+            let out = self
+                .ctr()
+                .args(["images", "import"])
+                .arg(archive)
+                .output()
+                .map_err(|e| start_err(format!("failed to run ctr: {e}")))?;
+            if !out.status.success() {
+                return Err(start_err(format!(
+                    "ctr images import {} failed: {}",
+                    archive.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            let name = archive
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.imports.push((name, t.elapsed()));
+        }
+
+        let kubelet_kc = self.cp.component_kubeconfig(
+            "kubelet.kubeconfig",
+            &format!("system:node:{NODE_NAME}"),
+            &["system:nodes"],
+        )?;
+        let proxy_kc =
+            self.cp
+                .component_kubeconfig("kube-proxy.kubeconfig", "system:kube-proxy", &[])?;
+        let sched_kc = self.cp.component_kubeconfig(
+            "kube-scheduler.kubeconfig",
+            "system:kube-scheduler",
+            &[],
+        )?;
+        let p = |path: &Path| path.display().to_string();
+        self.cp.spawn_exe(
+            "kube-scheduler",
+            &bin.join("kube-scheduler"),
+            &[
+                format!("--kubeconfig={}", p(&sched_kc)),
+                format!("--authentication-kubeconfig={}", p(&sched_kc)),
+                format!("--authorization-kubeconfig={}", p(&sched_kc)),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", controlplane::free_port()?),
+                "--v=1".into(),
+            ],
+        )?;
+        self.cp.spawn_exe(
+            "kube-proxy",
+            &bin.join("kube-proxy"),
+            &[
+                format!("--kubeconfig={}", p(&proxy_kc)),
+                format!("--hostname-override={NODE_NAME}"),
+                format!("--cluster-cidr={}", config::POD_RANGE),
+                "--proxy-mode=iptables".into(),
+                // Leave the machine's conntrack settings alone.
+                "--conntrack-max-per-core=0".into(),
+                "--conntrack-tcp-timeout-established=0".into(),
+                "--conntrack-tcp-timeout-close-wait=0".into(),
+                "--iptables-localhost-nodeports=false".into(),
+                format!(
+                    "--healthz-bind-address=127.0.0.1:{}",
+                    controlplane::free_port()?
+                ),
+                format!(
+                    "--metrics-bind-address=127.0.0.1:{}",
+                    controlplane::free_port()?
+                ),
+                "--v=1".into(),
+            ],
+        )?;
+        let kubelet_conf = w(
+            "kubelet/config.yaml",
+            config::kubelet(&config::Kubelet {
+                node_ip: self.ip,
+                port: controlplane::free_port()?,
+                runtime_socket: &self.containerd_socket,
+                client_ca: &dir.join("ca.crt"),
+            }),
+        )?;
+        self.cp.spawn_exe(
+            "kubelet",
+            &bin.join("kubelet"),
+            &[
+                format!("--config={}", p(&kubelet_conf)),
+                format!("--kubeconfig={}", p(&kubelet_kc)),
+                format!("--root-dir={}", p(&dir.join("kubelet/root"))),
+                format!("--cert-dir={}", p(&dir.join("kubelet/pki"))),
+                format!("--hostname-override={NODE_NAME}"),
+                format!("--node-ip={}", self.ip),
+                "--v=1".into(),
+            ],
+        )?;
+        self.wait("the node to become Ready", READY_TIMEOUT, |n| {
+            let out = n
+                .cp
+                .kubectl()
+                .args(["get", "node", NODE_NAME, "-o"])
+                .arg("jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints[*].key}")
+                .output()
+                .map_err(|e| start_err(format!("failed to run kubectl: {e}")))?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
+        })
+    }
+
+    /// Polls `ready` until it holds, failing early (with the component's own
+    /// error line) when one of the node's processes exits.
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&Node) -> Result<bool, HarnessError>,
+    ) -> Result<(), HarnessError> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            self.cp.check_alive()?;
+            if ready(self)? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let mut why = String::new();
+        for c in ["kubelet", "containerd", "kube-proxy", "kube-scheduler"] {
+            let log = self.cp.dir.join(format!("{c}.log"));
+            if log.exists() {
+                why.push_str(&format!("\n{c}: {}", log_errors(&log, 3)));
+            }
+        }
+        Err(start_err(format!(
+            "timed out after {}s waiting for {what}; last errors:{why}",
+            timeout.as_secs()
+        )))
+    }
+
+    /// `ctr` talking to the node's containerd, in the kubelet's namespace.
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new("/usr/bin/ctr");
+        cmd.arg("--address")
+            .arg(&self.containerd_socket)
+            .args(["-n", "k8s.io"]);
+        cmd
+    }
+
+    /// Stops everything the node started and puts the host back; returns what
+    /// still differs from before the node started (empty: left as it was).
+    /// Runs once; later calls return nothing.
+    pub fn teardown(&self) -> Vec<String> {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return Vec::new();
+        }
+        // Nothing recreates or schedules pods once these are gone; the kubelet
+        // then stops every pod it runs (its CNI teardown removes the veths).
+        self.cp.stop_named(
+            &["kube-controller-manager", "kube-scheduler"],
+            Duration::from_secs(5),
+        );
+        let _ = self
+            .cp
+            .kubectl()
+            .args([
+                "delete",
+                "pods",
+                "--all",
+                "--all-namespaces",
+                "--force",
+                "--grace-period=0",
+                "--wait=false",
+                "--request-timeout=10s",
+            ])
+            .output();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            let running = self
+                .ctr()
+                .args(["tasks", "ls", "-q"])
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false);
+            if !running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        self.cp
+            .stop_named(&["kubelet", "kube-proxy"], Duration::from_secs(10));
+        // Whatever the kubelet did not stop in time.
+        if let Ok(out) = self.ctr().args(["tasks", "ls", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self
+                    .ctr()
+                    .args(["tasks", "kill", "-s", "SIGKILL", id])
+                    .output();
+                let _ = self.ctr().args(["tasks", "delete", "-f", id]).output();
+            }
+        }
+        self.cp.stop();
+        self.before.restore(&self.marker);
+        let after = HostState::capture(&self.marker);
+        let diff = self.before.diff(&after);
+        let _ = std::fs::remove_file(self.cp.dir.join("host-before.json"));
+        diff
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for line in self.teardown() {
+            eprintln!("testenv: node teardown left: {line}");
+        }
+    }
+}
