@@ -54,6 +54,35 @@ pub struct Node {
     before: HostState,
     marker: PathBuf,
     torn_down: AtomicBool,
+    /// Held while the node runs: one node per machine (fixed paths, the bridge).
+    _lock: std::fs::File,
+}
+
+/// Takes the machine-wide node lock, waiting for another node (a second test
+/// binary, or the demo) to finish: two nodes would share the bridge, iptables
+/// and the kubelet's fixed paths.
+fn machine_lock() -> Result<std::fs::File, HarnessError> {
+    use std::os::fd::AsRawFd;
+    let path = Path::new("/run/lock/p12-testenv-node.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| start_err(format!("failed to open {}: {e}", path.display())))?;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("testenv: another node runs on this machine; waiting for it to stop");
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(start_err(format!(
+                "failed to lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(file)
 }
 
 fn start_err(msg: impl Into<String>) -> HarnessError {
@@ -135,6 +164,7 @@ impl Node {
             }
         }
         let bin = tools::ensure_node_tools()?;
+        let lock = machine_lock()?;
         let base = tools::target_dir().join("testenv");
         clean_leftovers(&base);
         let ip = machine_ip()?;
@@ -156,6 +186,7 @@ impl Node {
             before,
             marker,
             torn_down: AtomicBool::new(false),
+            _lock: lock,
         };
         // From here on a failure tears down what was started.
         match node.start_parts(&bin, images) {
