@@ -495,13 +495,13 @@ spec:
     )
 }
 
-/// The probe's endpoints: `address verified matches reason` per line.
+/// The probe's endpoints: `address verified fingerprint reason pod` per line.
 fn probe_endpoints(node: &Node, ns: &str, request: &str) -> Vec<String> {
     jsonpath(
         node,
         ns,
         &format!("certificaterequest/{request}"),
-        "{range .status.probe.endpoints[*]}{.address} {.verified} {.servedFingerprintSha256} {.reason}{\"\\n\"}{end}",
+        "{range .status.probe.endpoints[*]}{.address} {.verified} {.servedFingerprintSha256} {.reason} {.pod}{\"\\n\"}{end}",
     )
     .lines()
     .map(str::to_string)
@@ -872,11 +872,19 @@ fn renewal_stale_replicas_are_reported_until_a_rollout_restart(node: &'static No
             }
         },
     );
+    // Each stale replica is named by its pod, in status and in the condition.
+    let (_, _, message) = condition(node, &w.ns, "web", "Verified");
     for line in &stale {
         assert!(
             line.to_lowercase().replace(':', "").contains(&old),
             "{line}"
         );
+        let pod = line.split_whitespace().nth(4).unwrap_or_default();
+        assert!(
+            pods.split_whitespace().any(|p| p == pod),
+            "{line}: not one of the replicas {pods}"
+        );
+        assert!(message.contains(&format!("(pod {pod})")), "{message}");
     }
     step("probe reports both replicas StaleCertificate", t);
 

@@ -438,6 +438,9 @@ pub struct ProbeStatus {
 pub struct EndpointResult {
     /// `ip:port` probed.
     pub address: String,
+    /// The Pod behind the endpoint, as its EndpointSlice names it (`targetRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The chain verified against the cluster CA, was valid and named the Service.
     pub verified: bool,
     /// SHA-256 fingerprint of the certificate the endpoint served.

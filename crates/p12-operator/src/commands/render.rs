@@ -284,6 +284,7 @@ pub fn render_status_text(report: &StatusReport, now: Timestamp) -> String {
                         .map(|e| {
                             vec![
                                 e.address.clone(),
+                                or_dash(e.pod.as_deref()).to_owned(),
                                 if e.verified { "yes" } else { "NO" }.to_owned(),
                                 or_dash(Some(&e.reason)).to_owned(),
                                 if e.matches_issued { "yes" } else { "NO" }.to_owned(),
@@ -298,6 +299,7 @@ pub fn render_status_text(report: &StatusReport, now: Timestamp) -> String {
                         &mut out,
                         &[
                             "ADDRESS",
+                            "POD",
                             "VERIFIED",
                             "REASON",
                             "MATCHES-ISSUED",

@@ -249,6 +249,7 @@ fn probe_results_are_tabulated() {
         last_probe_time: Some(at("2026-11-29T11:58:00Z")),
         endpoints: vec![EndpointResult {
             address: "10.0.0.7:8443".into(),
+            pod: Some("web-7d9f-x2x".into()),
             verified: true,
             matches_issued: true,
             reason: "Verified".into(),
@@ -264,7 +265,9 @@ fn probe_results_are_tabulated() {
         "{text}"
     );
     assert!(
-        text.contains("10.0.0.7:8443  yes       Verified  yes             TLSv1_3  12ms"),
+        text.contains(
+            "10.0.0.7:8443  web-7d9f-x2x  yes       Verified  yes             TLSv1_3  12ms"
+        ),
         "{text}"
     );
 }

@@ -155,6 +155,7 @@ pub fn judge(observation: Observation, expected: Option<&str>, server_name: &str
 
     ProbeResult {
         address: observation.address,
+        pod: None,
         verified: matches!(observation.verdict, Some(Ok(()))) && observation.failure.is_none(),
         served_fingerprint_sha256: fingerprint,
         matches_issued,

@@ -62,6 +62,10 @@ impl std::fmt::Display for Reason {
 pub struct ProbeResult {
     /// `ip:port` probed.
     pub address: String,
+    /// The Pod behind the endpoint: filled in by the operator from the
+    /// EndpointSlice, never taken from what a probe pod reports.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The chain verified against the trusted CA, was valid now and named the server.
     pub verified: bool,
     /// SHA-256 of the served leaf certificate (lowercase hex, no colons).
@@ -98,6 +102,7 @@ impl ProbeResult {
     pub fn to_endpoint_result(&self) -> EndpointResult {
         EndpointResult {
             address: self.address.clone(),
+            pod: self.pod.clone(),
             verified: self.verified,
             served_fingerprint_sha256: self.served_fingerprint_sha256.clone(),
             matches_issued: self.matches_issued.unwrap_or(false),
@@ -241,6 +246,7 @@ mod tests {
     fn a_full_batch_of_the_largest_results_fits_the_termination_message() {
         let longest = ProbeResult {
             address: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".into(),
+            pod: None,
             verified: false,
             served_fingerprint_sha256: Some("f".repeat(64)),
             matches_issued: Some(false),

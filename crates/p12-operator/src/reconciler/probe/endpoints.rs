@@ -1,7 +1,7 @@
 //! Which endpoints a probe covers: the ready `ip:port`s of a Service port,
 //! read from its EndpointSlices. Uses only the kube client and the API types.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
@@ -18,11 +18,19 @@ pub fn port_matches(service_port_name: Option<&str>, slice_port_name: Option<&st
     service_port_name.unwrap_or_default() == slice_port_name.unwrap_or_default()
 }
 
-/// The ready endpoints (`ip:port`, sorted) of the Service port named
+/// A ready endpoint, and the Pod its EndpointSlice names (`targetRef`), so a
+/// failing replica is reported by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyEndpoint {
+    pub addr: SocketAddr,
+    pub pod: Option<String>,
+}
+
+/// The ready endpoints (sorted by `ip:port`) of the Service port named
 /// `port_name` in a Service's EndpointSlices. An endpoint without a ready
 /// condition counts as ready, as Kubernetes documents.
-pub fn endpoints_in(port_name: Option<&str>, slices: &[EndpointSlice]) -> Vec<SocketAddr> {
-    let mut out = BTreeSet::new();
+pub fn endpoints_in(port_name: Option<&str>, slices: &[EndpointSlice]) -> Vec<ReadyEndpoint> {
+    let mut out = BTreeMap::new();
     for slice in slices {
         let Some(target) = slice
             .ports
@@ -38,23 +46,30 @@ pub fn endpoints_in(port_name: Option<&str>, slices: &[EndpointSlice]) -> Vec<So
             if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
             }
+            let pod = ep
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone());
             for addr in &ep.addresses {
                 if let Ok(ip) = addr.parse::<IpAddr>() {
-                    out.insert(SocketAddr::new(ip, target));
+                    out.insert(SocketAddr::new(ip, target), pod.clone());
                 }
             }
         }
     }
-    out.into_iter().collect()
+    out.into_iter()
+        .map(|(addr, pod)| ReadyEndpoint { addr, pod })
+        .collect()
 }
 
-/// The ready endpoints (`ip:port`) of a Service port, from its EndpointSlices.
+/// The ready endpoints of a Service port, from its EndpointSlices.
 pub async fn ready_endpoints(
     client: &Client,
     ns: &str,
     service: &str,
     port: i32,
-) -> Result<Result<Vec<SocketAddr>, String>, Error> {
+) -> Result<Result<Vec<ReadyEndpoint>, String>, Error> {
     let Some(svc) = Api::<Service>::namespaced(client.clone(), ns)
         .get_opt(service)
         .await?
@@ -88,7 +103,8 @@ mod tests {
             "addressType": "IPv4",
             "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
             "endpoints": ips.iter().map(|ip| serde_json::json!({
-                "addresses": [ip], "conditions": {"ready": ready}
+                "addresses": [ip], "conditions": {"ready": ready},
+                "targetRef": {"kind": "Pod", "name": format!("web-{ip}")}
             })).collect::<Vec<_>>(),
         }))
         .unwrap()
@@ -96,6 +112,23 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn ready(port_name: Option<&str>, slices: &[EndpointSlice]) -> Vec<SocketAddr> {
+        endpoints_in(port_name, slices)
+            .into_iter()
+            .map(|e| e.addr)
+            .collect()
+    }
+
+    #[test]
+    fn each_endpoint_carries_the_pod_its_slice_names() {
+        let mut slices = [slice(Some("https"), 8443, &["10.0.0.1", "10.0.0.2"], None)];
+        // Not a Pod: no name is reported for it.
+        slices[0].endpoints[1].target_ref.as_mut().unwrap().kind = Some("Node".into());
+        let eps = endpoints_in(Some("https"), &slices);
+        assert_eq!(eps[0].pod.as_deref(), Some("web-10.0.0.1"));
+        assert_eq!(eps[1].pod, None);
     }
 
     #[test]
@@ -110,7 +143,7 @@ mod tests {
         for name in [Some(""), None] {
             let slices = [slice(name, 8443, &["10.0.0.1", "10.0.0.2"], Some(true))];
             assert_eq!(
-                endpoints_in(None, &slices),
+                ready(None, &slices),
                 addrs(&["10.0.0.1:8443", "10.0.0.2:8443"])
             );
         }
@@ -126,9 +159,9 @@ mod tests {
             slice(Some("metrics"), 9090, &["10.0.0.4"], Some(true)),
         ];
         assert_eq!(
-            endpoints_in(Some("https"), &slices),
+            ready(Some("https"), &slices),
             addrs(&["10.0.0.1:8443", "10.0.0.2:9443"])
         );
-        assert!(endpoints_in(None, &slices).is_empty());
+        assert!(ready(None, &slices).is_empty());
     }
 }

@@ -27,7 +27,7 @@ use crate::probe::pod;
 use round::{Round, delete_leftovers, delete_pod, start_batch};
 use verdict::{addresses, bounded_status, set_verified};
 
-pub use endpoints::{endpoints_in, port_matches, ready_endpoints};
+pub use endpoints::{ReadyEndpoint, endpoints_in, port_matches, ready_endpoints};
 pub use verdict::{MAX_STATUS_ENDPOINTS, verdict};
 
 /// On a request: set to any new value to probe now; `p12-operator` tools use it.
@@ -386,7 +386,7 @@ pub async fn step(
     // Endpoint churn that leaves a verified set as probed needs no new probe.
     let same_set = endpoints
         .iter()
-        .map(|e| e.to_string())
+        .map(|e| e.addr.to_string())
         .collect::<BTreeSet<_>>()
         == addresses(&last);
     let was_verified =

@@ -2,6 +2,7 @@
 //! probe pod (and NetworkPolicy) per batch; launching and removing those pods.
 //! Uses the probe state's bookkeeping, the probe pod spec and the kube client.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 
-use super::ProbeState;
 use super::verdict::set_verified;
+use super::{ProbeState, ReadyEndpoint};
 use crate::api::{CertificateRequest, CertificateRequestStatus};
 use crate::events::Kind as EventType;
 use crate::probe::pod::{self, ProbePod};
@@ -30,6 +31,8 @@ pub(super) struct Round {
     pub(super) requested: Option<String>,
     /// Every ready endpoint when the round began.
     endpoints: Vec<SocketAddr>,
+    /// The Pod behind each endpoint (`ip:port` → name), as the EndpointSlices said.
+    pods: BTreeMap<String, String>,
     /// `ProbeState::seq` before the endpoints were read.
     pub(super) seq: u64,
     /// How many of `endpoints` earlier batches covered.
@@ -51,15 +54,21 @@ impl Round {
         service: &str,
         fingerprint: &str,
         requested: Option<String>,
-        endpoints: Vec<SocketAddr>,
+        endpoints: Vec<ReadyEndpoint>,
         seq: u64,
         slot: usize,
     ) -> Round {
+        let pods = endpoints
+            .iter()
+            .filter_map(|e| Some((e.addr.to_string(), e.pod.clone()?)))
+            .collect();
+        let endpoints = endpoints.into_iter().map(|e| e.addr).collect();
         Round {
             service: service.to_string(),
             fingerprint: fingerprint.to_string(),
             requested,
             endpoints,
+            pods,
             seq,
             done: 0,
             results: Vec::new(),
@@ -85,7 +94,12 @@ impl Round {
         for addr in &batch {
             let address = addr.to_string();
             match reported.iter().position(|r| r.address == address) {
-                Some(i) => self.results.push(reported.swap_remove(i)),
+                Some(i) => {
+                    let mut result = reported.swap_remove(i);
+                    // The name comes from the EndpointSlice, never from the report.
+                    result.pod = self.pods.get(&address).cloned();
+                    self.results.push(result);
+                }
                 None => self.unreported += 1,
             }
         }
@@ -266,7 +280,10 @@ pub(super) mod tests {
 
     pub(crate) fn round_of(n: u8) -> Round {
         let endpoints = (1..=n)
-            .map(|i| SocketAddr::from(([10, 0, 0, i], 8443)))
+            .map(|i| ReadyEndpoint {
+                addr: SocketAddr::from(([10, 0, 0, i], 8443)),
+                pod: Some(format!("web-{i}")),
+            })
             .collect();
         Round::new("web", "ab", None, endpoints, 0, 0)
     }
@@ -296,10 +313,23 @@ pub(super) mod tests {
         assert!(!ok);
         assert_eq!(reason, "StaleCertificate");
         assert!(
-            message.starts_with("1 of 25 endpoints fail: 10.0.0.23:8443"),
+            message.starts_with(
+                "1 of 25 endpoints fail: 10.0.0.23:8443 (pod web-23): StaleCertificate"
+            ),
             "{message}"
         );
-        assert_eq!(bounded_status(&report).endpoints.len(), 25);
+        let status = bounded_status(&report);
+        assert_eq!(status.endpoints.len(), 25);
+        let stale = status
+            .endpoints
+            .iter()
+            .find(|e| e.address == stale)
+            .unwrap();
+        assert_eq!(
+            stale.pod.as_deref(),
+            Some("web-23"),
+            "the failing replica is named"
+        );
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub fn verdict(report: &ProbeReport) -> (bool, &'static str, String) {
         .unwrap_or(Reason::HandshakeFailed);
     let mut parts: Vec<String> = failing
         .iter()
-        .map(|e| format!("{}: {} ({})", e.address, e.reason, e.message))
+        .map(|e| match &e.pod {
+            Some(pod) => format!("{} (pod {pod}): {} ({})", e.address, e.reason, e.message),
+            None => format!("{}: {} ({})", e.address, e.reason, e.message),
+        })
         .collect();
     if report.omitted_endpoints > 0 {
         parts.push(format!(
