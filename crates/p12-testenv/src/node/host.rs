@@ -5,7 +5,8 @@
 //! iptables chains, a bridge and veth links, network namespaces, mounts (pod
 //! volumes, container root file systems, shm), shim processes that outlive
 //! containerd, and folders at fixed paths (`/var/lib/kubelet`, `/var/log/pods`,
-//! `/run/containerd`, …). [`HostState::capture`] records all of it; after the
+//! `/run/containerd`, …). [`HostState::capture`] records all of it (mounts
+//! only where a node mounts, so other programs' mounts are left alone); after the
 //! node's processes are stopped, [`HostState::restore`] removes what is new and
 //! writes back what changed, and [`HostState::diff`] says what still differs —
 //! the test that the host is left as it was.
@@ -74,6 +75,9 @@ pub struct HostState {
     pub ip6tables: String,
     pub nft_tables: BTreeSet<String>,
     pub paths: BTreeSet<String>,
+    /// Top-level cgroups (`memory/kubepods`, …) in every hierarchy.
+    #[serde(default)]
+    pub cgroups: BTreeSet<String>,
     /// Processes (pid and command line) whose command line names `marker`.
     #[serde(skip)]
     pub processes: Vec<String>,
@@ -85,7 +89,7 @@ impl HostState {
     pub fn capture(marker: &Path) -> HostState {
         HostState {
             sysctls: sysctls(),
-            mounts: mount_points(),
+            mounts: mount_points(marker),
             links: lines(Command::new("ip").args(["-o", "link", "show"]))
                 .iter()
                 .filter_map(|l| l.split(": ").nth(1))
@@ -108,6 +112,7 @@ impl HostState {
                 .filter(|p| Path::new(p).exists())
                 .map(|p| p.to_string())
                 .collect(),
+            cgroups: top_cgroups(),
             processes: processes_naming(marker),
         }
     }
@@ -122,7 +127,8 @@ impl HostState {
                 _ => {}
             }
         }
-        let sets: [(&str, &BTreeSet<String>, &BTreeSet<String>); 5] = [
+        let sets: [(&str, &BTreeSet<String>, &BTreeSet<String>); 6] = [
+            ("cgroup", &self.cgroups, &after.cgroups),
             ("mount", &self.mounts, &after.mounts),
             ("link", &self.links, &after.links),
             ("network namespace", &self.netns, &after.netns),
@@ -164,6 +170,11 @@ impl HostState {
     pub fn restore(&self, marker: &Path) {
         kill_processes_naming(marker);
         let now = HostState::capture(marker);
+        // Containers whose shim is gone (a killed run) still run in the
+        // kubelet's cgroups: kill them, then remove the cgroups.
+        for cg in now.cgroups.difference(&self.cgroups) {
+            remove_cgroup_tree(&Path::new(CGROUP_ROOT).join(cg));
+        }
         let mut new_mounts: Vec<&String> = now.mounts.difference(&self.mounts).collect();
         new_mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in new_mounts {
@@ -219,6 +230,70 @@ impl HostState {
 
     pub fn load(path: &Path) -> Option<HostState> {
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// `hierarchy/child` for every child cgroup at the top of every hierarchy
+/// (cgroup v1 controllers, the named systemd one, the unified v2 one).
+fn top_cgroups() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(hierarchies) = std::fs::read_dir(CGROUP_ROOT) else {
+        return out;
+    };
+    for h in hierarchies.filter_map(|e| e.ok()) {
+        let Ok(children) = std::fs::read_dir(h.path()) else {
+            continue;
+        };
+        for c in children.filter_map(|e| e.ok()) {
+            if c.file_type().is_ok_and(|t| t.is_dir()) {
+                out.insert(format!(
+                    "{}/{}",
+                    h.file_name().to_string_lossy(),
+                    c.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Kills every process in a cgroup tree and removes its cgroups, deepest first.
+fn remove_cgroup_tree(top: &Path) {
+    let mut dirs = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        dirs.push(d);
+    }
+    for _ in 0..50 {
+        let mut alive = false;
+        for d in &dirs {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                alive = true;
+                // SAFETY: plain syscall.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        if !alive {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = std::fs::remove_dir(&d);
     }
 }
 
@@ -312,12 +387,19 @@ fn sysctls() -> BTreeMap<String, String> {
     out
 }
 
-/// Mount points from `/proc/self/mountinfo` (octal escapes decoded).
-fn mount_points() -> BTreeSet<String> {
+/// Mount points from `/proc/self/mountinfo` (octal escapes decoded) under the
+/// places a node mounts: its work folder (containerd's state, the kubelet's
+/// pod volumes) and the fixed paths. Other programs' mounts (a build's chroot)
+/// are none of the node's business: never compared, never unmounted.
+fn mount_points(marker: &Path) -> BTreeSet<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let ours = |m: &str| {
+        Path::new(m).starts_with(marker) || FIXED_PATHS.iter().any(|p| Path::new(m).starts_with(p))
+    };
     text.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(unescape)
+        .filter(|m| ours(m))
         .collect()
 }
 
@@ -428,6 +510,21 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(d.len(), 4, "{d:?}");
+    }
+
+    #[test]
+    fn a_new_cgroup_tree_with_a_process_in_it_is_removed() {
+        let top = Path::new(CGROUP_ROOT).join("pids/p12-testenv-unit");
+        let leaf = top.join("pod/container");
+        if std::fs::create_dir_all(&leaf).is_err() {
+            eprintln!("skipped: cannot create cgroups here (not root?)");
+            return;
+        }
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+        remove_cgroup_tree(&top);
+        let _ = child.wait();
+        assert!(!top.exists(), "{} is still there", top.display());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct Node {
     pub startup: Duration,
     /// Image archives imported, and how long each import took.
     pub imports: Vec<(String, Duration)>,
+    /// Work folders of earlier runs that were killed before their teardown,
+    /// whose leftovers this start removed.
+    pub recovered: Vec<PathBuf>,
     before: HostState,
     marker: PathBuf,
     torn_down: AtomicBool,
@@ -127,9 +130,11 @@ fn log_errors(path: &Path, n: usize) -> String {
 
 /// Undoes what an earlier run under `base` left behind when it was killed
 /// before its teardown: its saved host state says what the host looked like.
-fn clean_leftovers(base: &Path) {
+/// Returns the work folders of the runs it cleaned up after.
+fn clean_leftovers(base: &Path) -> Vec<PathBuf> {
+    let mut cleaned = Vec::new();
     let Ok(entries) = std::fs::read_dir(base) else {
-        return;
+        return cleaned;
     };
     for e in entries.filter_map(|e| e.ok()) {
         let dir = e.path();
@@ -149,7 +154,9 @@ fn clean_leftovers(base: &Path) {
         );
         before.restore(&dir);
         let _ = std::fs::remove_file(dir.join("host-before.json"));
+        cleaned.push(dir);
     }
+    cleaned
 }
 
 impl Node {
@@ -166,7 +173,7 @@ impl Node {
         let bin = tools::ensure_node_tools()?;
         let lock = machine_lock()?;
         let base = tools::target_dir().join("testenv");
-        clean_leftovers(&base);
+        let recovered = clean_leftovers(&base);
         let ip = machine_ip()?;
 
         let began = Instant::now();
@@ -183,6 +190,7 @@ impl Node {
             ip,
             startup: Duration::ZERO,
             imports: Vec::new(),
+            recovered,
             before,
             marker,
             torn_down: AtomicBool::new(false),
