@@ -118,7 +118,7 @@ syncFrequency: 5s
 staticPodPath: ""
 podCIDR: {POD_RANGE}
 clusterDomain: cluster.local
-resolvConf: /etc/resolv.conf
+resolvConf: {resolv}
 failSwapOn: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -132,6 +132,12 @@ serializeImagePulls: false
         socket = k.runtime_socket.display(),
         ip = k.node_ip,
         port = k.port,
+        // Pods get the machine's resolver settings when it has any.
+        resolv = if std::path::Path::new("/etc/resolv.conf").exists() {
+            "/etc/resolv.conf"
+        } else {
+            "\"\""
+        },
         ca = k.client_ca.display(),
     )
 }
