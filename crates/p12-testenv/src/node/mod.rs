@@ -410,6 +410,16 @@ impl Node {
             &["kube-controller-manager", "kube-scheduler"],
             Duration::from_secs(5),
         );
+        // The pods' logs live at a fixed path the restore removes, and the
+        // kubelet empties them as it deletes the pods: keep them now,
+        // with the node's other logs for post-mortems (and scripts/test's
+        // scan for key material in every log).
+        if Path::new("/var/log/pods").is_dir() && !self.before.paths.contains("/var/log/pods") {
+            let _ = Command::new("cp")
+                .args(["-r", "/var/log/pods"])
+                .arg(self.cp.dir.join("pod-logs"))
+                .output();
+        }
         let _ = self
             .cp
             .kubectl()
@@ -450,15 +460,6 @@ impl Node {
             }
         }
         self.cp.stop();
-        // The pods' logs live at a fixed path the restore removes: keep them
-        // with the node's other logs for post-mortems (and scripts/test's
-        // scan for key material in every log).
-        if Path::new("/var/log/pods").is_dir() && !self.before.paths.contains("/var/log/pods") {
-            let _ = Command::new("cp")
-                .args(["-r", "/var/log/pods"])
-                .arg(self.cp.dir.join("pod-logs"))
-                .output();
-        }
         self.before.restore(&self.marker);
         let after = HostState::capture(&self.marker);
         let diff = self.before.diff(&after);
