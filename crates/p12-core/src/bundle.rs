@@ -44,6 +44,25 @@ pub mod annotations {
     pub const RENEW_HONOURED: &str = "p12-operator.io/renew-honoured";
     /// On the Secret: [`super::keystore_mac`] of the keystores as written.
     pub const KEYSTORE_MAC: &str = "p12-operator.io/keystore-mac";
+    /// On a Secret a request names in `keystore.passwordSecretRef`: its owner's
+    /// consent to its use as a keystore password, `*` (any request in the
+    /// namespace) or a comma-separated list of request names. See
+    /// [`super::password_use_allowed`].
+    pub const PASSWORD_FOR: &str = "p12-operator.io/password-for";
+}
+
+/// Whether a Secret whose [`annotations::PASSWORD_FOR`] annotation is `consent`
+/// lets the request named `request` use it as its keystore password: `*`, or
+/// a comma-separated list of request names (whitespace around names ignored).
+/// No annotation, an empty one, or one that does not name the request: no.
+pub fn password_use_allowed(consent: Option<&str>, request: &str) -> bool {
+    let Some(consent) = consent else {
+        return false;
+    };
+    if consent.trim() == "*" {
+        return true;
+    }
+    !request.is_empty() && consent.split(',').any(|n| n.trim() == request)
 }
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -366,6 +385,22 @@ pub fn profile_of(annotations: &BTreeMap<String, String>) -> Option<Profile> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn password_secrets_need_consent_naming_the_request_or_star() {
+        use super::password_use_allowed as allowed;
+        assert!(!allowed(None, "web"));
+        assert!(!allowed(Some(""), "web"));
+        assert!(!allowed(Some("api"), "web"));
+        assert!(!allowed(Some("web-1, web2"), "web"));
+        assert!(!allowed(Some("*web"), "web"));
+        assert!(!allowed(Some(","), ""));
+        assert!(allowed(Some("*"), "web"));
+        assert!(allowed(Some(" * "), "web"));
+        assert!(allowed(Some("web"), "web"));
+        assert!(allowed(Some("api, web ,db"), "web"));
+        assert!(allowed(Some("api,\n  web"), "web"));
+    }
+
     use super::*;
     use crate::api::{CertificateRequest, CertificateRequestSpec};
     use crate::pki::{KeyAlgorithm, Policy, VerifiedCsr};

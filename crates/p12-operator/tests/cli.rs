@@ -268,7 +268,7 @@ async fn status_of_a_refused_request_exits_1_with_the_reason_and_the_event() {
         "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {name: nopw}\nspec:\n  secretName: nopw-tls\n  dnsNames: [nopw.example]\n  keystore: {passwordSecretRef: {name: nopw-pw, key: password}}\n",
     );
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    eventually(WAIT, "the PasswordSecretNotFound event", || {
+    eventually(WAIT, "the PasswordSecretNotAllowed event", || {
         let events = events.clone();
         async move {
             let list = events
@@ -277,17 +277,21 @@ async fn status_of_a_refused_request_exits_1_with_the_reason_and_the_event() {
                 .ok()?;
             list.items
                 .iter()
-                .any(|e| e.reason.as_deref() == Some("PasswordSecretNotFound"))
+                .any(|e| e.reason.as_deref() == Some("PasswordSecretNotAllowed"))
                 .then_some(())
         }
     })
     .await;
-    let run = eventually(WAIT, "status to report PasswordSecretNotFound", || async {
-        let run = cli(&["status", "nopw", "-n", &ns]).await;
-        run.stdout
-            .contains("Result:              not Ready: PasswordSecretNotFound")
-            .then_some(run)
-    })
+    let run = eventually(
+        WAIT,
+        "status to report PasswordSecretNotAllowed",
+        || async {
+            let run = cli(&["status", "nopw", "-n", &ns]).await;
+            run.stdout
+                .contains("Result:              not Ready: PasswordSecretNotAllowed")
+                .then_some(run)
+        },
+    )
     .await;
     assert_eq!(run.code, 1, "{}", run.both());
     let text = &run.stdout;
@@ -300,7 +304,7 @@ async fn status_of_a_refused_request_exits_1_with_the_reason_and_the_event() {
     let events_section = text.split("Events (newest last):").nth(1).unwrap();
     assert!(
         events_section.lines().any(|l| l.contains("Warning")
-            && l.contains("PasswordSecretNotFound")
+            && l.contains("PasswordSecretNotAllowed")
             && l.contains("nopw-pw")),
         "the Event is shown:\n{events_section}"
     );
@@ -313,7 +317,7 @@ async fn status_of_a_refused_request_exits_1_with_the_reason_and_the_event() {
         json["problems"][0]
             .as_str()
             .unwrap()
-            .starts_with("not Ready: PasswordSecretNotFound"),
+            .starts_with("not Ready: PasswordSecretNotAllowed"),
         "{json}"
     );
 }

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use p12_operator::api::CertificateRequest;
+use p12_operator::bundle::annotations::PASSWORD_FOR;
 use support::{cluster, eventually, kubectl_apply, operator, run_with_password};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -543,6 +544,7 @@ async fn a_password_or_profile_change_re_encrypts_without_a_new_serial() {
     let pw_secret = |value: &str| Secret {
         metadata: ObjectMeta {
             name: Some("web-pw".into()),
+            annotations: Some(BTreeMap::from([(PASSWORD_FOR.into(), "web".into())])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
@@ -731,13 +733,11 @@ async fn password_problems_are_reported_and_nothing_is_written_until_fixed() {
             "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {{name: {name}}}\nspec:\n  secretName: {name}-tls\n  dnsNames: [a.example]\n  keystore: {{passwordSecretRef: {{name: {name}-pw, key: {key}}}}}\n"
         )
     };
-    apply(&ns, &cr("missing", "password"));
-    let msg = refused(&client, &ns, "missing", "PasswordSecretNotFound").await;
-    assert!(msg.contains("missing-pw"), "{msg}");
-
-    let pw = |name: &str, key: &str, value: &[u8]| Secret {
+    let pw = |name: &str, key: &str, value: &[u8], consent: Option<&str>| Secret {
         metadata: ObjectMeta {
             name: Some(format!("{name}-pw")),
+            annotations: consent
+                .map(|c| BTreeMap::from([(PASSWORD_FOR.to_string(), c.to_string())])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
@@ -746,14 +746,71 @@ async fn password_problems_are_reported_and_nothing_is_written_until_fixed() {
         )])),
         ..Default::default()
     };
+    // Missing, present without consent, present with consent for another
+    // request: one refusal, one message, nothing learnt about the Secret.
+    let not_allowed = |name: &str| {
+        format!(
+            "keystore.passwordSecretRef names Secret {name}-pw: it does not exist or does not allow this request to use it; create it with the annotation p12-operator.io/password-for: {name} (or \"*\")"
+        )
+    };
     secrets
-        .create(&PostParams::default(), &pw("nokey", "other", b"x"))
+        .create(
+            &PostParams::default(),
+            &pw("unasked", "password", b"db-Passw0rd", None),
+        )
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &pw("other", "password", b"x", Some("unasked, other-app")),
+        )
+        .await
+        .unwrap();
+    for name in ["missing", "unasked", "other"] {
+        apply(&ns, &cr(name, "password"));
+        let msg = refused(&client, &ns, name, "PasswordSecretNotAllowed").await;
+        assert_eq!(msg, not_allowed(name));
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let selector = format!("involvedObject.name={name}");
+        eventually(
+            WAIT,
+            &format!("{name}: an Event with the same message"),
+            || {
+                let (events, selector, msg) = (events.clone(), selector.clone(), msg.clone());
+                async move {
+                    let list = events
+                        .list(&ListParams::default().fields(&selector))
+                        .await
+                        .ok()?;
+                    list.items
+                        .iter()
+                        .any(|e| {
+                            e.reason.as_deref() == Some("PasswordSecretNotAllowed")
+                                && e.message.as_deref() == Some(msg.as_str())
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    // After consent the Secret's owner agreed: its problems are described.
+    secrets
+        .create(
+            &PostParams::default(),
+            &pw("nokey", "other", b"x", Some("*")),
+        )
         .await
         .unwrap();
     apply(&ns, &cr("nokey", "password"));
     refused(&client, &ns, "nokey", "PasswordKeyNotFound").await;
     secrets
-        .create(&PostParams::default(), &pw("empty", "password", b""))
+        .create(
+            &PostParams::default(),
+            &pw("empty", "password", b"", Some("empty")),
+        )
         .await
         .unwrap();
     apply(&ns, &cr("empty", "password"));
@@ -761,13 +818,19 @@ async fn password_problems_are_reported_and_nothing_is_written_until_fixed() {
     secrets
         .create(
             &PostParams::default(),
-            &pw("binary", "password", &[0xff, 0xfe, 0x00]),
+            &pw(
+                "binary",
+                "password",
+                &[0xff, 0xfe, 0x00],
+                Some(" a , binary "),
+            ),
         )
         .await
         .unwrap();
     apply(&ns, &cr("binary", "password"));
     refused(&client, &ns, "binary", "PasswordInvalid").await;
-    for name in ["missing", "nokey", "empty", "binary"] {
+    // No key was generated for a refused request: nothing was written.
+    for name in ["missing", "unasked", "other", "nokey", "empty", "binary"] {
         assert!(
             secrets
                 .get_opt(&format!("{name}-tls"))
@@ -778,15 +841,31 @@ async fn password_problems_are_reported_and_nothing_is_written_until_fixed() {
         );
     }
 
-    // Creating the missing Secret is noticed without waiting for a back-off.
+    // Consent given later (the annotation added) is noticed without waiting
+    // for a back-off, as is the missing Secret created with consent.
+    secrets
+        .patch(
+            "unasked-pw",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {PASSWORD_FOR: "unasked"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    ready(&client, &ns, "unasked").await;
     secrets
         .create(
             &PostParams::default(),
-            &pw("missing", "password", b"now-it-exists"),
+            &pw("missing", "password", b"now-it-exists", Some("*")),
         )
         .await
         .unwrap();
     ready(&client, &ns, "missing").await;
+    // Consent for others is still no consent.
+    let msg = refused(&client, &ns, "other", "PasswordSecretNotAllowed").await;
+    assert_eq!(msg, not_allowed("other"));
+    assert!(secrets.get_opt("other-tls").await.unwrap().is_none());
 
     // The reference cannot leave the namespace: the schema has no such field.
     let out = kubectl_apply(
@@ -939,6 +1018,7 @@ async fn keys_and_passwords_never_appear_in_logs_events_or_status() {
     let pw = Secret {
         metadata: ObjectMeta {
             name: Some("pw".into()),
+            annotations: Some(BTreeMap::from([(PASSWORD_FOR.into(), "ref".into())])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use p12_operator::api::CertificateRequest;
+use p12_operator::bundle::annotations::PASSWORD_FOR;
 use support::{Operator, cluster, eventually, kubectl_apply};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -251,7 +252,7 @@ async fn a_poison_pill_neither_stops_nor_slows_the_others() {
         &ns,
         "broken",
         "False",
-        Some("PasswordSecretNotFound"),
+        Some("PasswordSecretNotAllowed"),
     )
     .await;
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -433,6 +434,7 @@ async fn hostile_requests_are_refused_and_nothing_is_written() {
     let pw = Secret {
         metadata: ObjectMeta {
             name: Some("huge-pw".into()),
+            annotations: Some(BTreeMap::from([(PASSWORD_FOR.into(), "huge".into())])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(

@@ -265,10 +265,14 @@ pub enum RotationPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeystoreSpec {
-    /// A key of a Secret in this namespace that holds the password. When absent,
-    /// the operator generates a random password and stores it in the Secret
-    /// under `keystore-password`. Changing the password, or its Secret's value,
-    /// re-encrypts the keystores without re-issuing the certificate.
+    /// A key of a Secret in this namespace that holds the password. The Secret
+    /// must consent with the annotation `p12-operator.io/password-for`: `*` (any
+    /// request in the namespace) or a comma-separated list of request names;
+    /// otherwise (or when it does not exist) the request is refused with
+    /// `PasswordSecretNotAllowed`. When absent, the operator generates a random
+    /// password and stores it in the Secret under `keystore-password`. Changing
+    /// the password, or its Secret's value, re-encrypts the keystores without
+    /// re-issuing the certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
     /// `Modern2023` (default: AES-256-CBC, PBKDF2-HMAC-SHA256, SHA-256 MAC;

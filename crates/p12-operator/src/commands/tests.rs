@@ -157,14 +157,14 @@ fn not_ready_stale_and_failed_verification_are_problems() {
     cr.status.as_mut().unwrap().conditions[0] = cond(
         READY,
         "False",
-        "PasswordSecretNotFound",
+        "PasswordSecretNotAllowed",
         "keystore.passwordSecretRef names Secret pw",
         1,
     );
     let report = status_report(&cr, SecretLookup::Missing, &[], None);
     assert_eq!(
         report.problems,
-        ["not Ready: PasswordSecretNotFound: keystore.passwordSecretRef names Secret pw"]
+        ["not Ready: PasswordSecretNotAllowed: keystore.passwordSecretRef names Secret pw"]
     );
     assert_eq!(report.exit_code(), 1);
     assert!(render_status_text(&report, now()).contains("Exists:            NO"));

@@ -5,30 +5,49 @@
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
+use kube::ResourceExt;
 use kube::api::Api;
 
 use super::Error;
 use super::pass::{Refusal, refuse};
-use crate::bundle::Material;
+use crate::bundle::{self, Material, annotations as ann};
 use crate::pki::{self, CertificateAuthority, Policy, PrivateKey};
 use crate::plan::Plan;
 use crate::sensitive::SecretString;
 
-/// Reads the password a request names. Never echoes its value.
+/// Why a request may not use the password Secret it names. One message
+/// whether the Secret is missing or does not consent: what a request can learn
+/// about a Secret it may not use is nothing.
+fn password_not_allowed(name: &str, request: &str) -> Refusal {
+    refuse(
+        "PasswordSecretNotAllowed",
+        format!(
+            "keystore.passwordSecretRef names Secret {name}: it does not exist or does not allow this request to use it; create it with the annotation {}: {request} (or \"*\")",
+            ann::PASSWORD_FOR
+        ),
+    )
+}
+
+/// Reads the password request `request` names. Never echoes its value. A
+/// Secret that does not consent ([`ann::PASSWORD_FOR`]) is treated exactly as
+/// a missing one; only after consent are its key and value checked (and
+/// described: its owner agreed to its use).
 pub(super) async fn referenced_password(
     client: &Client,
     ns: &str,
+    request: &str,
     name: &str,
     key: &str,
 ) -> Result<Result<SecretString, Refusal>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let Some(secret) = api.get_opt(name).await? else {
-        return Ok(Err(refuse(
-            "PasswordSecretNotFound",
-            format!(
-                "keystore.passwordSecretRef names Secret {name}, which does not exist in namespace {ns}; create it or fix the reference"
-            ),
-        )));
+    let secret = api.get_opt(name).await?.filter(|s| {
+        bundle::password_use_allowed(
+            s.annotations().get(ann::PASSWORD_FOR).map(String::as_str),
+            request,
+        )
+    });
+    let Some(secret) = secret else {
+        return Ok(Err(password_not_allowed(name, request)));
     };
     let Some(value) = secret.data.unwrap_or_default().remove(key) else {
         return Ok(Err(refuse(

@@ -146,7 +146,7 @@ pub(super) async fn converge(
     // The password.
     let ref_password = match &plan.password {
         PasswordSource::SecretKey { name, key } => {
-            match referenced_password(&ctx.client, &ns, name, key).await? {
+            match referenced_password(&ctx.client, &ns, &cr.name_any(), name, key).await? {
                 Ok(p) => Some(p),
                 Err(r) => return Ok(Err(r)),
             }

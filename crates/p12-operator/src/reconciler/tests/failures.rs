@@ -63,22 +63,102 @@ async fn a_failed_write_of_a_missing_secret_says_so_in_status() {
     );
 }
 
+/// The password Secret `pw` with `annotations`, holding `password`.
+fn password_secret(annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": "pw", "namespace": NS, "resourceVersion": "3",
+                        "annotations": annotations},
+           "data": {"password": "c2VjcmV0LXBhc3N3b3Jk"}})
+}
+
+/// One pass over a request naming Secret `pw`, which the API answers with
+/// `answer`: the reason and message it is refused with.
+async fn refused_for_password(answer: Answer) -> (String, String, Harness) {
+    let h = harness();
+    let cr = request("keystore: {passwordSecretRef: {name: pw, key: password}}\n");
+    h.api.expect("GET", &secret_path("pw"), answer).expect(
+        "PATCH",
+        &status_path(),
+        status_echo("6"),
+    );
+    h.pass(&cr).await.unwrap();
+    h.api.assert_done();
+    let (ready, reason, message) = condition(&h.api.calls()[1], "Ready");
+    assert_eq!(ready, "False");
+    (reason, message, h)
+}
+
+const NOT_ALLOWED: &str = "keystore.passwordSecretRef names Secret pw: it does not exist or does not allow this request to use it; create it with the annotation p12-operator.io/password-for: web (or \"*\")";
+
 #[tokio::test]
 async fn a_missing_password_secret_is_reported_and_nothing_is_issued() {
+    let (reason, message, h) =
+        refused_for_password(reply(404, "NotFound", "secrets \"pw\" not found")).await;
+    assert_eq!(reason, "PasswordSecretNotAllowed");
+    assert_eq!(message, NOT_ALLOWED);
+    assert_eq!(keys_generated(&h.ctx), 0);
+    assert_eq!(
+        h.api.event_reasons().await,
+        vec!["PasswordSecretNotAllowed".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn a_password_secret_without_consent_looks_exactly_like_a_missing_one() {
+    for annotations in [
+        json!({}),
+        json!({"p12-operator.io/password-for": ""}),
+        json!({"p12-operator.io/password-for": "api, web-2"}),
+        json!({"p12-operator.io/password-for-web": "*"}),
+    ] {
+        let (reason, message, h) =
+            refused_for_password(object(password_secret(annotations.clone()))).await;
+        assert_eq!(reason, "PasswordSecretNotAllowed", "{annotations}");
+        assert_eq!(message, NOT_ALLOWED, "{annotations}");
+        assert_eq!(keys_generated(&h.ctx), 0, "{annotations}");
+    }
+}
+
+#[tokio::test]
+async fn after_consent_the_password_secret_s_problems_are_described() {
+    // The owner consented, for this request among others: details may be given.
+    let mut secret = password_secret(json!({"p12-operator.io/password-for": " api ,web"}));
+    secret["data"] = json!({"other": "eA=="});
+    let (reason, message, h) = refused_for_password(object(secret)).await;
+    assert_eq!(reason, "PasswordKeyNotFound");
+    assert!(
+        message.contains("Secret pw has no key \"password\""),
+        "{message}"
+    );
+    assert_eq!(keys_generated(&h.ctx), 0);
+}
+
+#[tokio::test]
+async fn a_password_secret_consenting_to_any_request_is_used() {
     let h = harness();
+    h.list_secrets(vec![]);
     let cr = request("keystore: {passwordSecretRef: {name: pw, key: password}}\n");
     h.api
         .expect(
             "GET",
             &secret_path("pw"),
-            reply(404, "NotFound", "secrets \"pw\" not found"),
+            object(password_secret(
+                json!({"p12-operator.io/password-for": "*"}),
+            )),
         )
-        .expect("PATCH", &status_path(), status_echo("6"));
+        .expect("POST", &secrets_path(), echo("7"))
+        .expect("PATCH", &status_path(), status_echo("8"));
     h.pass(&cr).await.unwrap();
     h.api.assert_done();
-    let (_, reason, _) = condition(&h.api.calls()[1], "Ready");
-    assert_eq!(reason, "PasswordSecretNotFound");
-    assert_eq!(keys_generated(&h.ctx), 0);
+    let (ready, _, _) = condition(&h.api.calls()[2], "Ready");
+    assert_eq!(ready, "True");
+    assert_eq!(keys_generated(&h.ctx), 1);
+    assert!(
+        h.api.calls()[1].body["data"]
+            .get("keystore-password")
+            .is_none(),
+        "a referenced password is not copied"
+    );
 }
 
 #[tokio::test]
