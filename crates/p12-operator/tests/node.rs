@@ -680,6 +680,39 @@ fn java_client_trusting_only_the_truststore_reaches_the_service_name(node: &'sta
         code, 0,
         "a name outside the certificate was accepted: {log}"
     );
+
+    // A non-Java consumer: OpenSSL in a pod, trusting only the Secret's ca.crt,
+    // checking the name and the chain through kube-proxy.
+    let t = Instant::now();
+    let (code, log) = run_pod(
+        node,
+        &w.ns,
+        "openssl-client",
+        &format!(
+            "  hostAliases: [{{ip: \"{ip}\", hostnames: [\"{host}\"]}}]
+  containers:
+  - name: client
+    image: {WORKLOAD_IMAGE}
+    imagePullPolicy: Never
+    command: [openssl, s_client, -connect, \"{host}:8443\", -servername, \"{host}\",
+              -verify_hostname, \"{host}\", -verify_return_error, -CAfile, /etc/tls/ca.crt, -brief]
+    stdin: false
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {{drop: [ALL]}}
+    volumeMounts:
+    - {{name: tls, mountPath: /etc/tls, readOnly: true}}
+  volumes:
+  - name: tls
+    secret: {{secretName: web-tls}}
+",
+            ip = w.cluster_ip
+        ),
+    );
+    assert_eq!(code, 0, "openssl s_client failed: {log}");
+    assert!(log.contains("Verification: OK"), "{log}");
+    step("OpenSSL client pod through kube-proxy", t);
 }
 
 fn mtls_client_with_its_own_issued_keystore(node: &'static Node) {
