@@ -204,6 +204,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .backoff(watch_backoff())
     .touched_objects();
     let (reader, writer) = reflector::store();
+    // Requests and Secrets forgotten (deleted, or gone after a re-list):
+    // deletions free memory without any pass, so they too let the idle trim run.
+    let forgotten = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let cr_stream = watcher(crs, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
         .inspect({
@@ -227,6 +230,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // forget requests that a re-list (after a watch gap) no longer shows.
         .inspect_ok({
             let (ctx, cache, metrics) = (ctx.clone(), reader.clone(), metrics.clone());
+            let forgotten = forgotten.clone();
             let mut relisted: Option<std::collections::HashSet<ObjectRef<CertificateRequest>>> =
                 None;
             move |ev| match ev {
@@ -246,6 +250,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         if !seen.contains(&request_key(&gone)) {
                             metrics.forget(&gone.namespace().unwrap_or_default(), &gone.name_any());
                             ctx.forget(&gone);
+                            forgotten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                 }
@@ -255,10 +260,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reflect(writer)
         .inspect_ok({
             let (metrics, health, forget_ctx) = (metrics.clone(), health.clone(), ctx.clone());
+            let forgotten = forgotten.clone();
             move |ev| match ev {
                 watcher::Event::Delete(cr) => {
                     metrics.forget(&cr.namespace().unwrap_or_default(), &cr.name_any());
                     forget_ctx.forget(cr);
+                    forgotten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 watcher::Event::InitDone => health
                     .synced
@@ -279,7 +286,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             s.managed_fields_mut().clear();
             s.annotations_mut().clear();
         })
-        .inspect_ok(move |ev| ctx2.observe_secret(ev))
+        .inspect_ok({
+            let forgotten = forgotten.clone();
+            move |ev| {
+                ctx2.observe_secret(ev);
+                if matches!(ev, watcher::Event::Delete(_)) {
+                    forgotten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
         .touched_objects();
 
     // The controller drains in-flight passes on SIGTERM/Ctrl-C; passes still
@@ -291,7 +306,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ctx.draining.send_replace(true);
         });
     }
-    tokio::spawn(return_memory_when_idle(ctx.metrics.clone()));
+    tokio::spawn(return_memory_when_idle(ctx.metrics.clone(), forgotten));
     let ctx4 = ctx.clone();
     let mut draining = ctx.draining.subscribe();
     tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
@@ -353,19 +368,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// no particular order (docs/benchmarks.md).
 const ADMITTED: u16 = 1024;
 
-/// After a burst of passes, hands the memory it freed back to the system.
-/// glibc's allocator keeps freed memory in its arenas, so without this the
-/// operator's resident size stays at the peak of its largest wave; one
-/// `malloc_trim` when the work stops costs a few milliseconds.
-async fn return_memory_when_idle(metrics: Arc<crate::metrics::Metrics>) {
-    let mut seen = 0u64;
+/// After a burst of passes or of deletions, hands the memory it freed back to
+/// the system. glibc's allocator keeps freed memory in its arenas, so without
+/// this the operator's resident size stays at the peak of its largest wave;
+/// one `malloc_trim` when the work stops costs a few milliseconds. Deleted
+/// requests and Secrets count as work: forgetting them runs no pass, and
+/// without them 10,000 deleted requests left the resident size where it was
+/// while they were held (docs/benchmarks.md, "Churn").
+async fn return_memory_when_idle(
+    metrics: Arc<crate::metrics::Metrics>,
+    forgotten: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut seen = (0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let passes = metrics.reconciles.get();
-        if passes != seen && metrics.in_flight.get() == 0 {
-            seen = passes;
+        let work = (
+            metrics.reconciles.get(),
+            forgotten.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if work != seen && metrics.in_flight.get() == 0 {
+            seen = work;
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             // SAFETY: malloc_trim only releases free memory; it is thread-safe.
             unsafe {

@@ -73,7 +73,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(args: &Args, cluster: &TestCluster) -> anyhow::Result<Writer> {
+    /// `env`: extra environment for the writer (churn mode's allocator helper).
+    pub(crate) fn start(
+        args: &Args,
+        cluster: &TestCluster,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Writer> {
         let cp = cluster.control_plane();
         let here = std::env::current_exe().context("locating p12-bench")?;
         let (mut cmd, log) = if args.null_writer {
@@ -105,11 +110,21 @@ impl Writer {
                 "run",
                 "--namespace",
                 OPERATOR_NAMESPACE,
-            ])
-            .args(&args.operator_args);
+            ]);
+            // Admin endpoints on a free loopback port (not 0.0.0.0:8080, which
+            // another run on the machine may hold); `admin_addr` finds it.
+            if !args
+                .operator_args
+                .iter()
+                .any(|a| a.starts_with("--admin-bind-address"))
+            {
+                cmd.args(["--admin-bind-address", "127.0.0.1:0"]);
+            }
+            cmd.args(&args.operator_args);
             (cmd, cp.dir.join("operator.log"))
         };
         let file = std::fs::File::create(&log)?;
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.env("KUBECONFIG", &cp.kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("P12_LOG_LEVEL")
@@ -145,6 +160,22 @@ impl Writer {
             "the writer did not start within 60 s; see {}",
             self.log.display()
         )
+    }
+
+    /// The operator's admin address (`/metrics`), from the line it logs when
+    /// it listens.
+    pub(crate) fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log
+            .lines()
+            .find(|l| l.contains("admin endpoints listening"))?;
+        let at = line.find("addr=")? + "addr=".len();
+        let addr = line[at..].split_whitespace().next()?.trim_matches('"');
+        let addr: std::net::SocketAddr = addr.parse().ok()?;
+        if addr.ip().is_unspecified() {
+            return Some(std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())));
+        }
+        Some(addr)
     }
 
     pub(crate) fn alive(&mut self) -> anyhow::Result<()> {

@@ -7,12 +7,15 @@
 //! writer process cost (RSS, CPU) and how many API requests each issuance took
 //! (from the API server's own `/metrics`). `--renewal` then forces a renewal
 //! wave through the `p12-operator.io/renew-requested-at` annotation and reports
-//! the same figures for it.
+//! the same figures for it. `--churn C` instead creates and deletes the
+//! requests C times and reports whether the operator's memory comes back to
+//! its idle baseline once they are gone.
 //!
 //! ```text
 //! cargo build --release --bins
 //! target/release/p12-bench --requests 1000 --json target/bench-1000.json
 //! target/release/p12-bench --requests 1000 --null-writer --json target/bench-null.json
+//! target/release/p12-bench --requests 10000 --namespaces 10 --churn 3 --json target/bench-churn.json
 //! ```
 //!
 //! Figures and how to read them: docs/benchmarks.md.
@@ -21,10 +24,13 @@
 //! requests and waits for them; `measure.rs` (with `procfs.rs`) reads CPU, RSS,
 //! the API server's request counters and the key-generation bound; `report.rs`
 //! turns the figures into JSON and a table; `null_writer.rs` is the
-//! no-cryptography writer. This file holds the flags and the run from start to
-//! report.
+//! no-cryptography writer; `churn.rs` is churn mode, with `mallinfo.rs` (the
+//! allocator's view from inside the operator). This file holds the flags and
+//! the run from start to report.
 
+mod churn;
 mod driver;
+mod mallinfo;
 mod measure;
 mod null_writer;
 mod procfs;
@@ -56,7 +62,7 @@ use measure::{
     Pids, RssSampler, api_summary, cpu_delta, cpu_snapshot, key_algorithm, keygen_alone,
     keygen_ratios, mib, scrape_metrics,
 };
-use report::{print_table, wave_figures};
+use report::{print_churn, print_table, wave_figures};
 
 const RUN_LABEL: &str = "p12-bench.io/run";
 const RENEW_ANNOTATION: &str = "p12-operator.io/renew-requested-at";
@@ -121,6 +127,22 @@ struct Args {
     /// bound "key generation alone allows"); 0 skips it.
     #[arg(long, default_value_t = 5.0)]
     keygen_seconds: f64,
+    /// Churn mode: this many cycles of creating --requests requests, waiting
+    /// until all are Ready, deleting them all and waiting until the operator
+    /// has forgotten them; memory is read idle, while held and after each
+    /// deletion. 0: the issuance benchmark instead.
+    #[arg(long, default_value_t = 0)]
+    churn: usize,
+    /// Churn mode: requests created at once; each batch is Ready before the next.
+    #[arg(long, default_value_t = 1000)]
+    churn_batch: usize,
+    /// Churn mode: seconds of quiet before each memory reading (idle, held, after deletion).
+    #[arg(long, default_value_t = 30)]
+    churn_settle: u64,
+    /// Churn mode: do not preload the allocator helper into the operator (no
+    /// mallinfo figures, no trim).
+    #[arg(long)]
+    no_allocator_stats: bool,
     /// Internal: run the null writer in this process (KUBECONFIG names the cluster).
     #[arg(long, hide = true)]
     serve_null_writer: bool,
@@ -164,7 +186,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.namespaces,
         args.unrelated_secrets
     );
-    let keygen = if args.keygen_seconds > 0.0 && !args.null_writer {
+    if args.churn > 0 && (args.null_writer || args.renewal) {
+        anyhow::bail!("--churn measures the operator alone: no --null-writer, no --renewal");
+    }
+    let keygen = if args.keygen_seconds > 0.0 && !args.null_writer && args.churn == 0 {
         let k = tokio::task::block_in_place(|| keygen_alone(&args, args.keygen_seconds))?;
         eprintln!(
             "key generation alone: {} keys/s on {} cores ({} ms per key)",
@@ -209,7 +234,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    let mut writer = Writer::start(&args, &cluster)?;
+    let helper = if args.churn > 0 && !args.no_allocator_stats {
+        match mallinfo::Helper::build(&cp.dir.join("mallinfo")) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("no allocator figures: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let env = helper.as_ref().map(|h| h.env()).unwrap_or_default();
+    let mut writer = Writer::start(&args, &cluster, &env)?;
     tokio::task::block_in_place(|| writer.wait_started(args.null_writer))?;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let (idle_rss, _) = procfs::rss_kib(writer.pid).unwrap_or((0, 0));
@@ -223,6 +260,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
         writer.pid,
         mib(idle_rss)
     );
+
+    if args.churn > 0 {
+        let churn = churn::run(&args, &client, &namespaces, &mut writer, helper.as_ref()).await?;
+        let result = json!({
+            "mode": "churn",
+            "build": build,
+            "machine": procfs::machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": procfs::loadavg(),
+            "params": {
+                "requests": args.requests,
+                "cycles": args.churn,
+                "batch": args.churn_batch,
+                "settle_seconds": args.churn_settle,
+                "algorithm": args.algorithm,
+                "size": args.size,
+                "profile": args.profile,
+                "namespaces": namespaces.len(),
+                "unrelated_secrets": args.unrelated_secrets,
+                "operator_args": args.operator_args,
+                "create_concurrency": args.create_concurrency,
+            },
+            "writer_start_rss_mib": mib(idle_rss),
+            "churn": churn,
+            "control_plane_startup_seconds": (cp.startup.as_secs_f64() * 10.0).round() / 10.0,
+            "bench_total_seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "writer_log": writer.log.display().to_string(),
+        });
+        print_churn(&result);
+        write_json(&args, &result)?;
+        process::stop(&mut writer.child, Duration::from_secs(5));
+        drop(cluster);
+        return Ok(());
+    }
 
     // Watch every request of this run.
     let run_id = format!("{:08x}", rand::random::<u32>());
@@ -433,15 +504,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "writer_log": writer.log.display().to_string(),
     });
     print_table(&result);
+    write_json(&args, &result)?;
+    process::stop(&mut writer.child, Duration::from_secs(5));
+    drop(cluster);
+    Ok(())
+}
+
+fn write_json(args: &Args, result: &Value) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+        std::fs::write(path, serde_json::to_string_pretty(result)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    process::stop(&mut writer.child, Duration::from_secs(5));
-    drop(cluster);
     Ok(())
 }

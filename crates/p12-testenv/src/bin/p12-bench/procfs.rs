@@ -1,5 +1,5 @@
-//! `/proc` readings: a process's RSS and CPU seconds, the machine's busy time
-//! and what the machine is. Uses only std.
+//! `/proc` readings: a process's RSS (and its anonymous part) and CPU
+//! seconds, the machine's busy time and what the machine is. Uses only std.
 
 use std::path::Path;
 
@@ -13,6 +13,33 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// A process's resident memory from `/proc/<pid>/status`, in KiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    /// VmRSS: everything resident.
+    pub rss: u64,
+    /// RssAnon: resident anonymous memory (heap, arenas, stacks): what the
+    /// program allocated, as opposed to its mapped binary and libraries.
+    pub anon: u64,
+    /// RssFile: resident file-backed pages (the binary, libc, …).
+    pub file: u64,
+}
+
+pub fn memory_kib(pid: u32) -> Option<Memory> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(Memory {
+        rss: field("VmRSS:")?,
+        anon: field("RssAnon:").unwrap_or(0),
+        file: field("RssFile:").unwrap_or(0),
+    })
 }
 
 fn ticks_per_second() -> f64 {

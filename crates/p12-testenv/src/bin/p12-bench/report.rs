@@ -176,3 +176,135 @@ pub(crate) fn print_table(r: &Value) {
     }
     let _ = writeln!(out);
 }
+
+/// Churn mode's table: memory at each reading, then what deletion left behind.
+pub(crate) fn print_churn(r: &Value) {
+    let mut out = std::io::stdout().lock();
+    let p = &r["params"];
+    let c = &r["churn"];
+    let _ = writeln!(
+        out,
+        "\np12-bench — churn ({} build): {} cycles × {} {}{} {} requests, {} namespace(s), batches of {}, {} s settle before each reading",
+        r["build"].as_str().unwrap_or(""),
+        p["cycles"],
+        p["requests"],
+        p["algorithm"].as_str().unwrap_or(""),
+        p["size"]
+            .as_u64()
+            .map(|s| format!("-{s}"))
+            .unwrap_or_default(),
+        p["profile"].as_str().unwrap_or(""),
+        p["namespaces"],
+        p["batch"],
+        p["settle_seconds"],
+    );
+    let _ = writeln!(
+        out,
+        "machine: {} × {}, {} MiB; load average before {}, after {}",
+        r["machine"]["nproc"],
+        r["machine"]["cpu_model"].as_str().unwrap_or(""),
+        r["machine"]["memory_mib"],
+        r["loadavg_before"].as_str().unwrap_or(""),
+        r["loadavg_after"].as_str().unwrap_or(""),
+    );
+    let _ = writeln!(
+        out,
+        "RSS/anon: /proc/<pid>/status VmRSS/RssAnon; in use/free: glibc mallinfo2 inside the operator{}; \
+         after trim: VmRSS once malloc_trim(0) ran\n",
+        if c["allocator_helper"].as_bool() == Some(true) {
+            ""
+        } else {
+            " (not available: helper not loaded)"
+        }
+    );
+    let mib_of_kib = |v: &Value| {
+        v.as_f64()
+            .map_or("—".into(), |k| format!("{:.1}", k / 1024.0))
+    };
+    let mib_of_bytes = |v: &Value| {
+        v.as_f64()
+            .map_or("—".into(), |b| format!("{:.1}", b / 1_048_576.0))
+    };
+    let plain = |v: &Value| match v {
+        Value::Null => "—".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+            format!("{:.0}", n.as_f64().unwrap_or(0.0))
+        }
+        other => other.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "{:<24} {:>8} {:>9} {:>11} {:>10} {:>11} {:>12} {:>9}",
+        "reading (MiB)", "RSS", "anon", "in use", "free", "RSS trim", "ready series", "series"
+    );
+    let mut row = |name: String, v: &Value| {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8} {:>9} {:>11} {:>10} {:>11} {:>12} {:>9}",
+            name,
+            mib_of_kib(&v["rss_kib"]),
+            mib_of_kib(&v["anon_kib"]),
+            mib_of_bytes(&v["malloc"]["in_use_bytes"]),
+            mib_of_bytes(&v["malloc"]["free_bytes"]),
+            mib_of_kib(&v["rss_after_trim_kib"]),
+            plain(&v["ready_series"]),
+            plain(&v["metrics_series"]),
+        );
+    };
+    row("baseline (idle)".into(), &c["baseline"]);
+    let cycles = c["cycles"].as_array().cloned().unwrap_or_default();
+    for cy in &cycles {
+        row(format!("cycle {}: held", cy["cycle"]), &cy["held"]);
+        row(
+            format!("cycle {}: after delete", cy["cycle"]),
+            &cy["after_delete"],
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<8} {:>10} {:>12} {:>10} {:>16} {:>15}",
+        "cycle", "create (s)", "all Ready (s)", "delete (s)", "operator forgot", "Secrets gone"
+    );
+    for cy in &cycles {
+        let _ = writeln!(
+            out,
+            "{:<8} {:>10} {:>12} {:>10} {:>16} {:>15}",
+            plain(&cy["cycle"]),
+            plain(&cy["create_send_seconds"]),
+            plain(&cy["all_ready_seconds"]),
+            plain(&cy["delete_seconds"]),
+            plain(&cy["operator_forgot_seconds"]),
+            plain(&cy["secrets_gone_seconds"]),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nbytes per request created in the cycle ({} each; \"previous\" is the baseline for cycle 1):",
+        p["requests"]
+    );
+    let _ = writeln!(
+        out,
+        "{:<40} {:>8} {:>8} {:>10} {:>9}",
+        "", "RSS", "anon", "RSS trim", "in use"
+    );
+    for rt in c["retained"].as_array().cloned().unwrap_or_default() {
+        for (label, key) in [
+            ("held − baseline", "held_vs_baseline"),
+            ("after delete − baseline", "vs_baseline"),
+            ("after delete − previous after delete", "vs_previous_cycle"),
+        ] {
+            let d = &rt[key];
+            let _ = writeln!(
+                out,
+                "{:<40} {:>8} {:>8} {:>10} {:>9}",
+                format!("cycle {}: {label}", rt["cycle"]),
+                plain(&d["rss_bytes_per_request"]),
+                plain(&d["anon_bytes_per_request"]),
+                plain(&d["rss_after_trim_bytes_per_request"]),
+                plain(&d["malloc_in_use_bytes_per_request"]),
+            );
+        }
+    }
+    let _ = writeln!(out);
+}
