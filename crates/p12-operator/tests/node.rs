@@ -495,6 +495,22 @@ spec:
     )
 }
 
+/// Asks the operator for a `probe` or a `renew` of `request` now, as
+/// `p12-operator probe-now` / `renew` do: a fresh value in its annotation.
+fn ask_now(node: &Node, ns: &str, request: &str, what: &str) {
+    ok(
+        node,
+        &[
+            "annotate",
+            "-n",
+            ns,
+            &format!("certificaterequest/{request}"),
+            &format!("p12-operator.io/{what}-requested-at={}", rand_u32()),
+            "--overwrite",
+        ],
+    );
+}
+
 /// The probe's endpoints: `address verified fingerprint reason pod` per line.
 fn probe_endpoints(node: &Node, ns: &str, request: &str) -> Vec<String> {
     jsonpath(
@@ -541,17 +557,7 @@ fn java_deployment_mounts_the_keystore_and_probes_verify_both_replicas(node: &'s
 
     let t = Instant::now();
     // A probe right away instead of at the next interval.
-    ok(
-        node,
-        &[
-            "annotate",
-            "-n",
-            &w.ns,
-            "certificaterequest/web",
-            &format!("p12-operator.io/probe-requested-at={}", rand_u32()),
-            "--overwrite",
-        ],
-    );
+    ask_now(node, &w.ns, "web", "probe");
     wait_condition(node, &w.ns, "web", "Verified", Duration::from_secs(120));
     step("probe pods on the pod network to Verified=True", t);
     let issued = secret_fingerprint(node, &w.ns, "web-tls");
@@ -809,17 +815,7 @@ fn renewal_stale_replicas_are_reported_until_a_rollout_restart(node: &'static No
     let w = web(node);
     let old = secret_fingerprint(node, &w.ns, "web-tls");
     let started = Instant::now();
-    ok(
-        node,
-        &[
-            "annotate",
-            "-n",
-            &w.ns,
-            "certificaterequest/web",
-            &format!("p12-operator.io/renew-requested-at={}", rand_u32()),
-            "--overwrite",
-        ],
-    );
+    ask_now(node, &w.ns, "web", "renew");
     let new = eventually(Duration::from_secs(60), "the renewed Secret", || {
         let f = secret_fingerprint(node, &w.ns, "web-tls");
         if f != old && !f.is_empty() {
@@ -877,17 +873,7 @@ fn renewal_stale_replicas_are_reported_until_a_rollout_restart(node: &'static No
 
     // The replicas read their keystore once: the probe finds them stale.
     let t = Instant::now();
-    ok(
-        node,
-        &[
-            "annotate",
-            "-n",
-            &w.ns,
-            "certificaterequest/web",
-            &format!("p12-operator.io/probe-requested-at={}", rand_u32()),
-            "--overwrite",
-        ],
-    );
+    ask_now(node, &w.ns, "web", "probe");
     let stale = eventually(
         Duration::from_secs(120),
         "both replicas reported stale",
@@ -936,17 +922,7 @@ fn renewal_stale_replicas_are_reported_until_a_rollout_restart(node: &'static No
     );
     step("rollout restart", t);
     let t = Instant::now();
-    ok(
-        node,
-        &[
-            "annotate",
-            "-n",
-            &w.ns,
-            "certificaterequest/web",
-            &format!("p12-operator.io/probe-requested-at={}", rand_u32()),
-            "--overwrite",
-        ],
-    );
+    ask_now(node, &w.ns, "web", "probe");
     wait_condition(node, &w.ns, "web", "Verified", Duration::from_secs(120));
     let eps = probe_endpoints(node, &w.ns, "web");
     assert_eq!(eps.len(), 2, "{eps:?}");
