@@ -33,6 +33,17 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "HEX", env = "P12_PROBE_EXPECT_FINGERPRINT")]
     pub expect_fingerprint: Option<String>,
 
+    /// A secret to echo in the termination message, so the operator can tell
+    /// its own probe pod's report from a forged one (probe pods get it through
+    /// the environment).
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "P12_PROBE_NONCE",
+        hide_env_values = true
+    )]
+    pub nonce: Option<String>,
+
     /// How long to wait for the TCP connection, e.g. `5s`.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub connect_timeout: Duration,

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Give each probe pod a NetworkPolicy allowing egress only to the endpoints it probes.
     #[arg(long)]
     pub probe_network_policy: bool,
+    /// The cluster's pod address ranges, as CIDRs (repeat, or separate with
+    /// commas): probes refuse endpoints outside them. Unset: unknown, not checked.
+    #[arg(long = "pod-cidr", value_name = "CIDR", value_delimiter = ',', value_parser = parse_range)]
+    pub pod_cidrs: Vec<crate::probe::admission::IpRange>,
     /// Address of the admin endpoints (/metrics, /livez, /readyz); port 0 picks one.
     #[arg(long, env = "P12_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
     pub admin_bind_address: std::net::SocketAddr,
@@ -66,6 +70,10 @@ pub struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "p12-operator")]
     pub lease_name: String,
+}
+
+fn parse_range(s: &str) -> Result<crate::probe::admission::IpRange, String> {
+    s.parse()
 }
 
 fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {

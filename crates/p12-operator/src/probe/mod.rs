@@ -6,8 +6,10 @@
 //! client saw ([`Observation`]) into a result ([`mod@judge`]). The network
 //! part: the TLS client ([`client`]), its recording verifier (`verifier`) and
 //! the classification of its errors ([`classify`]). The subcommand itself is
-//! [`run`]; the probe Pod the controller creates is [`pod`].
+//! [`run`]; the probe Pod the controller creates is [`pod`]; which endpoints
+//! it may be aimed at is [`admission`].
 
+pub mod admission;
 pub mod classify;
 pub mod client;
 pub mod judge;

@@ -33,6 +33,10 @@ pub enum Reason {
     Timeout,
     /// The TCP connection was refused or could not be made.
     ConnectionFailed,
+    /// Never probed: the operator does not aim probes at this address (not a
+    /// Pod of the request's namespace, the API server, loopback, outside the
+    /// pod ranges).
+    EndpointRefused,
 }
 
 impl Reason {
@@ -46,6 +50,7 @@ impl Reason {
             Reason::HandshakeFailed => "HandshakeFailed",
             Reason::Timeout => "Timeout",
             Reason::ConnectionFailed => "ConnectionFailed",
+            Reason::EndpointRefused => "EndpointRefused",
         }
     }
 }
@@ -129,6 +134,11 @@ pub struct ProbeReport {
     /// Endpoints left out of the termination message to fit its size limit.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted_endpoints: usize,
+    /// The per-probe secret the operator put into the probe pod (`--nonce`):
+    /// echoed in the termination message so the operator accepts only reports
+    /// of the pods it created. Never printed to stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -148,6 +158,14 @@ impl ProbeReport {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// The report without its nonce, for stdout and logs.
+    pub fn without_nonce(&self) -> ProbeReport {
+        ProbeReport {
+            nonce: None,
+            ..self.clone()
+        }
     }
 
     /// Reads a report back, e.g. from a probe pod's termination message.
@@ -211,6 +229,7 @@ mod tests {
                 .collect(),
             probed_at: Timestamp::now(),
             omitted_endpoints: 0,
+            nonce: None,
         };
         let small = report(1);
         assert_eq!(
@@ -264,6 +283,7 @@ mod tests {
             endpoints: vec![longest; pod::MAX_ENDPOINTS],
             probed_at: "9999-01-01T23:59:59.999999999Z".parse().unwrap(),
             omitted_endpoints: 0,
+            nonce: Some("f".repeat(pod::NONCE_BYTES * 2)),
         };
         let parsed =
             ProbeReport::from_json(&report.termination_message(TERMINATION_MESSAGE_LIMIT)).unwrap();
@@ -272,6 +292,7 @@ mod tests {
             (pod::MAX_ENDPOINTS, 0),
             "no endpoint of a batch is dropped"
         );
+        assert_eq!(parsed.nonce, report.nonce, "the nonce always comes back");
     }
 
     #[test]
@@ -286,6 +307,7 @@ mod tests {
             endpoints,
             probed_at: Timestamp::now(),
             omitted_endpoints: 0,
+            nonce: None,
         };
         assert_eq!(report(vec![ok.clone(), ok.clone()]).exit_code(), 0);
         assert_eq!(report(vec![ok.clone(), bad]).exit_code(), 1);

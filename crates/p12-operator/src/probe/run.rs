@@ -87,6 +87,7 @@ pub async fn probe_all(prober: &client::Prober, endpoints: &[SocketAddr]) -> Pro
         endpoints,
         probed_at: Timestamp::now(),
         omitted_endpoints: 0,
+        nonce: None,
     }
 }
 
@@ -101,11 +102,13 @@ pub async fn main(args: ProbeArgs) -> anyhow::Result<i32> {
         }
     };
     let prober = client::Prober::new(settings)?;
-    let report = probe_all(&prober, &args.endpoints).await;
+    let mut report = probe_all(&prober, &args.endpoints).await;
     for endpoint in &report.endpoints {
         tracing::info!(address = %endpoint.address, reason = %endpoint.reason, verified = endpoint.verified, "probed");
     }
     println!("{}", report.to_json());
+    // The nonce goes only to the termination message, which the operator reads.
+    report.nonce = args.nonce.clone().filter(|n| !n.is_empty());
     write_termination_log(&report.termination_message(TERMINATION_MESSAGE_LIMIT));
     Ok(report.exit_code())
 }

@@ -42,6 +42,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
     let api_server = config.cluster_url.to_string();
+    let api_server_ips = api_server_addresses(config.cluster_url.host()).await;
     let client = Client::try_from(config)
         .map_err(|e| anyhow::anyhow!("failed to configure the Kubernetes client: {e}"))?;
     let ca_settings = CaSettings {
@@ -111,6 +112,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         image: args.probe_image.clone(),
                         grace: args.probe_grace,
                         network_policy: args.probe_network_policy,
+                        namespace: args.namespace.clone(),
+                        pod_ranges: args.pod_cidrs.clone(),
+                        api_server: api_server_ips,
                     },
                     pod_reader.clone(),
                 )
@@ -155,14 +159,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let _ = first_rx.await;
 
-    let (crs, secrets, pods, slices): (
+    let (crs, secrets, slices): (
         Api<CertificateRequest>,
         Api<PartialObjectMeta<Secret>>,
-        Api<Pod>,
         Api<PartialObjectMeta<EndpointSlice>>,
     ) = match &args.watch_namespace {
         Some(ns) => (
-            Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -171,10 +173,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
-            Api::all(client.clone()),
         ),
     };
-    // Probe pods (ours only, by label) and EndpointSlice metadata trigger probes.
+    // Probe pods (ours only, by label, in the operator's own namespace) and
+    // EndpointSlice metadata trigger probes. Without probes no pod is watched.
     let probe_selector = format!(
         "{}={},{}={}",
         probe_pod::COMPONENT_LABEL,
@@ -182,18 +184,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         bundle::MANAGED_BY_LABEL,
         bundle::MANAGED_BY
     );
-    let pod_stream = watcher(
-        pods,
-        watcher::Config::default()
-            .labels(&probe_selector)
-            .any_semantic(),
-    )
-    .backoff(watch_backoff())
-    .modify(|p| {
-        p.managed_fields_mut().clear();
-    })
-    .reflect(pod_writer)
-    .touched_objects();
+    let pod_stream = if args.disable_probes {
+        futures::stream::empty().boxed()
+    } else {
+        watcher(
+            Api::<Pod>::namespaced(client.clone(), &args.namespace),
+            watcher::Config::default()
+                .labels(&probe_selector)
+                .any_semantic(),
+        )
+        .backoff(watch_backoff())
+        .modify(|p| {
+            p.managed_fields_mut().clear();
+        })
+        .reflect(pod_writer)
+        .touched_objects()
+        .boxed()
+    };
     let ctx5 = ctx.clone();
     let slice_stream = watcher(
         slices,
@@ -307,6 +314,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(return_memory_when_idle(ctx.metrics.clone(), forgotten));
+    if ctx.probe.is_some() {
+        tokio::spawn(sweep_probe_pods(ctx.clone(), reader.clone(), pod_reader));
+    }
     let ctx4 = ctx.clone();
     let mut draining = ctx.draining.subscribe();
     tracing::info!(namespace = %args.namespace, watch = %args.watch_namespace.as_deref().unwrap_or("all namespaces"), "starting controller");
@@ -314,7 +324,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Each watch above backs off on its own; this only guards the merged stream.
         .trigger_backoff(watch_backoff())
         .watches_stream(secret_stream, move |s| ctx4.requests_for(&s))
-        .owns_stream(pod_stream)
+        // A probe pod names its request in an annotation: the request lives in
+        // another namespace, so there is no ownerReference to follow.
+        .watches_stream(pod_stream, |p: Pod| {
+            probe_pod::request_of(&p.metadata)
+                .map(|(ns, name, _)| ObjectRef::new(&name).within(&ns))
+        })
         .watches_stream(slice_stream, move |s: PartialObjectMeta<EndpointSlice>| {
             let service = s
                 .labels()
@@ -358,6 +373,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("failed to keep the controller running: it ended without a shutdown signal");
     }
     Ok(())
+}
+
+/// How often probe pods whose request is gone are looked for (and the API
+/// server's addresses read again).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Once the request and pod caches are filled, and then every
+/// [`SWEEP_INTERVAL`]: deletes probe pods whose request is gone and refreshes
+/// the API server's addresses that probes refuse.
+async fn sweep_probe_pods(
+    ctx: Arc<Context>,
+    requests: reflector::Store<CertificateRequest>,
+    pods: reflector::Store<Pod>,
+) {
+    if requests.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(state) = &ctx.probe {
+            let addresses = probe::read_api_server_addresses(&ctx.client).await;
+            if !addresses.is_empty() {
+                state.set_api_server(addresses);
+            }
+        }
+        if ctx.leadership.check().is_err() {
+            continue;
+        }
+        match probe::sweep(&ctx, &requests).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "swept probe pods whose request is gone"),
+            Err(e) => tracing::warn!(error = %e, "failed to sweep probe pods"),
+        }
+    }
+}
+
+/// The API server's addresses as this process knows them without asking:
+/// the host it was configured with (resolved) and `KUBERNETES_SERVICE_HOST`.
+async fn api_server_addresses(host: Option<&str>) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let hosts = host
+        .map(|h| h.trim_matches(['[', ']']).to_string())
+        .into_iter()
+        .chain(std::env::var("KUBERNETES_SERVICE_HOST").ok());
+    for host in hosts {
+        match host.parse() {
+            Ok(ip) => out.push(ip),
+            Err(_) => {
+                if let Ok(found) = tokio::net::lookup_host((host.as_str(), 443)).await {
+                    out.extend(found.map(|a| a.ip()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Passes kube-runtime hands over at once; they then wait for one of the

@@ -1,5 +1,7 @@
 //! Which endpoints a probe covers: the ready `ip:port`s of a Service port,
-//! read from its EndpointSlices. Uses only the kube client and the API types.
+//! read from its EndpointSlices, each admitted or refused by
+//! [`admit_endpoint`]. Uses the kube client, the API types and the pure
+//! admission rules of `crate::probe::admission`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,6 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, ListParams};
 
+use crate::probe::admission::{AdmissionRules, Candidate, IpRange, admit_endpoint};
 use crate::reconciler::Error;
 
 /// Whether an EndpointSlice port carries a Service port. Ports match by name,
@@ -18,19 +21,46 @@ pub fn port_matches(service_port_name: Option<&str>, slice_port_name: Option<&st
     service_port_name.unwrap_or_default() == slice_port_name.unwrap_or_default()
 }
 
-/// A ready endpoint, and the Pod its EndpointSlice names (`targetRef`), so a
-/// failing replica is reported by name.
+/// A ready endpoint a probe may connect to, and the Pod its EndpointSlice
+/// names (`targetRef`), so a failing replica is reported by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadyEndpoint {
     pub addr: SocketAddr,
     pub pod: Option<String>,
 }
 
-/// The ready endpoints (sorted by `ip:port`) of the Service port named
-/// `port_name` in a Service's EndpointSlices. An endpoint without a ready
-/// condition counts as ready, as Kubernetes documents.
-pub fn endpoints_in(port_name: Option<&str>, slices: &[EndpointSlice]) -> Vec<ReadyEndpoint> {
-    let mut out = BTreeMap::new();
+/// A ready endpoint no probe connects to, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedEndpoint {
+    pub addr: SocketAddr,
+    pub why: String,
+}
+
+/// The ready endpoints of a Service port, sorted by `ip:port`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub admitted: Vec<ReadyEndpoint>,
+    pub refused: Vec<RefusedEndpoint>,
+}
+
+impl Endpoints {
+    pub fn is_empty(&self) -> bool {
+        self.admitted.is_empty() && self.refused.is_empty()
+    }
+}
+
+/// The ready endpoints of the Service port named `port_name` in the
+/// EndpointSlices of a Service in `namespace`, each admitted or refused. An
+/// endpoint without a ready condition counts as ready, as Kubernetes
+/// documents. An address listed twice is refused if either entry is.
+pub fn endpoints_in(
+    namespace: &str,
+    port_name: Option<&str>,
+    slices: &[EndpointSlice],
+    rules: &AdmissionRules,
+    extra_allowed: &[IpRange],
+) -> Endpoints {
+    let mut out: BTreeMap<SocketAddr, Result<Option<String>, String>> = BTreeMap::new();
     for slice in slices {
         let Some(target) = slice
             .ports
@@ -46,30 +76,51 @@ pub fn endpoints_in(port_name: Option<&str>, slices: &[EndpointSlice]) -> Vec<Re
             if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
             }
-            let pod = ep
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| r.name.clone());
+            let target_ref = ep.target_ref.as_ref();
             for addr in &ep.addresses {
-                if let Ok(ip) = addr.parse::<IpAddr>() {
-                    out.insert(SocketAddr::new(ip, target), pod.clone());
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
+                let candidate = Candidate {
+                    ip,
+                    target_kind: target_ref.and_then(|r| r.kind.as_deref()),
+                    target_namespace: target_ref.and_then(|r| r.namespace.as_deref()),
+                    target_name: target_ref.and_then(|r| r.name.as_deref()),
+                };
+                let verdict =
+                    admit_endpoint(namespace, &candidate, rules, extra_allowed).map(|()| {
+                        candidate
+                            .target_name
+                            .filter(|_| candidate.target_kind == Some("Pod"))
+                            .map(String::from)
+                    });
+                let key = SocketAddr::new(ip, target);
+                if !matches!(out.get(&key), Some(Err(_))) {
+                    out.insert(key, verdict);
                 }
             }
         }
     }
-    out.into_iter()
-        .map(|(addr, pod)| ReadyEndpoint { addr, pod })
-        .collect()
+    let mut endpoints = Endpoints::default();
+    for (addr, verdict) in out {
+        match verdict {
+            Ok(pod) => endpoints.admitted.push(ReadyEndpoint { addr, pod }),
+            Err(why) => endpoints.refused.push(RefusedEndpoint { addr, why }),
+        }
+    }
+    endpoints
 }
 
 /// The ready endpoints of a Service port, from its EndpointSlices.
+/// `extra_allowed` is passed on to [`admit_endpoint`].
 pub async fn ready_endpoints(
     client: &Client,
     ns: &str,
     service: &str,
     port: i32,
-) -> Result<Result<Vec<ReadyEndpoint>, String>, Error> {
+    rules: &AdmissionRules,
+    extra_allowed: &[IpRange],
+) -> Result<Result<Endpoints, String>, Error> {
     let Some(svc) = Api::<Service>::namespaced(client.clone(), ns)
         .get_opt(service)
         .await?
@@ -85,7 +136,13 @@ pub async fn ready_endpoints(
     let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
         .await?;
-    Ok(Ok(endpoints_in(sp.name.as_deref(), &slices.items)))
+    Ok(Ok(endpoints_in(
+        ns,
+        sp.name.as_deref(),
+        &slices.items,
+        rules,
+        extra_allowed,
+    )))
 }
 
 #[cfg(test)]
@@ -99,12 +156,12 @@ mod tests {
         ready: Option<bool>,
     ) -> EndpointSlice {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-1"},
+            "metadata": {"name": "web-1", "namespace": "shop"},
             "addressType": "IPv4",
             "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
             "endpoints": ips.iter().map(|ip| serde_json::json!({
                 "addresses": [ip], "conditions": {"ready": ready},
-                "targetRef": {"kind": "Pod", "name": format!("web-{ip}")}
+                "targetRef": {"kind": "Pod", "namespace": "shop", "name": format!("web-{ip}")}
             })).collect::<Vec<_>>(),
         }))
         .unwrap()
@@ -114,8 +171,17 @@ mod tests {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
+    fn endpoints(port_name: Option<&str>, slices: &[EndpointSlice]) -> Endpoints {
+        let rules = AdmissionRules {
+            pod_ranges: Vec::new(),
+            api_server: vec!["10.96.0.1".parse().unwrap()],
+        };
+        endpoints_in("shop", port_name, slices, &rules, &[])
+    }
+
     fn ready(port_name: Option<&str>, slices: &[EndpointSlice]) -> Vec<SocketAddr> {
-        endpoints_in(port_name, slices)
+        endpoints(port_name, slices)
+            .admitted
             .into_iter()
             .map(|e| e.addr)
             .collect()
@@ -123,12 +189,67 @@ mod tests {
 
     #[test]
     fn each_endpoint_carries_the_pod_its_slice_names() {
-        let mut slices = [slice(Some("https"), 8443, &["10.0.0.1", "10.0.0.2"], None)];
-        // Not a Pod: no name is reported for it.
-        slices[0].endpoints[1].target_ref.as_mut().unwrap().kind = Some("Node".into());
-        let eps = endpoints_in(Some("https"), &slices);
+        let slices = [slice(Some("https"), 8443, &["10.0.0.1", "10.0.0.2"], None)];
+        let eps = endpoints(Some("https"), &slices).admitted;
         assert_eq!(eps[0].pod.as_deref(), Some("web-10.0.0.1"));
-        assert_eq!(eps[1].pod, None);
+        assert_eq!(eps[1].pod.as_deref(), Some("web-10.0.0.2"));
+    }
+
+    #[test]
+    fn hostile_entries_of_a_slice_are_refused_and_the_rest_admitted() {
+        let mut slices = [slice(
+            Some("https"),
+            8443,
+            &[
+                "10.0.0.1",
+                "10.96.0.1",
+                "127.0.0.1",
+                "10.0.0.4",
+                "10.0.0.5",
+                "10.0.0.6",
+            ],
+            None,
+        )];
+        // 10.0.0.4: no targetRef; 10.0.0.5: a Node; 10.0.0.6: a Pod of kube-system.
+        slices[0].endpoints[3].target_ref = None;
+        slices[0].endpoints[4].target_ref.as_mut().unwrap().kind = Some("Node".into());
+        slices[0].endpoints[5]
+            .target_ref
+            .as_mut()
+            .unwrap()
+            .namespace = Some("kube-system".into());
+        let eps = endpoints(Some("https"), &slices);
+        assert_eq!(
+            eps.admitted,
+            vec![ReadyEndpoint {
+                addr: "10.0.0.1:8443".parse().unwrap(),
+                pod: Some("web-10.0.0.1".into())
+            }]
+        );
+        let refused: Vec<(String, &str)> = eps
+            .refused
+            .iter()
+            .map(|r| (r.addr.to_string(), r.why.as_str()))
+            .collect();
+        assert_eq!(refused.len(), 5, "{refused:?}");
+        let why = |a: &str| refused.iter().find(|r| r.0 == a).unwrap().1;
+        assert!(why("10.96.0.1:8443").contains("API server"));
+        assert!(why("127.0.0.1:8443").contains("loopback"));
+        assert!(why("10.0.0.4:8443").contains("no targetRef"));
+        assert!(why("10.0.0.5:8443").contains("no targetRef"));
+        assert!(why("10.0.0.6:8443").contains("another namespace"));
+    }
+
+    #[test]
+    fn an_address_refused_in_one_slice_stays_refused_whatever_another_says() {
+        let good = slice(Some("https"), 8443, &["10.0.0.1"], None);
+        let mut bad = slice(Some("https"), 8443, &["10.0.0.1"], None);
+        bad.endpoints[0].target_ref = None;
+        for slices in [[good.clone(), bad.clone()], [bad, good]] {
+            let eps = endpoints(Some("https"), &slices);
+            assert!(eps.admitted.is_empty());
+            assert_eq!(eps.refused.len(), 1);
+        }
     }
 
     #[test]

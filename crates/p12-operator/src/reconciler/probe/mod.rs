@@ -1,16 +1,20 @@
 //! The controller's probe step: decides when a request's Service is probed and
 //! keeps what the controller remembers between passes (which request probes
-//! which Service, endpoint changes, rounds in progress). One entry, [`step`].
+//! which Service, endpoint changes, rounds in progress). One entry, [`step`];
+//! [`sweep`] removes probe pods whose request is gone. Probe pods run in the
+//! operator's own namespace; their reports count only from the pod the
+//! operator created (its uid) and only with that pod's nonce.
 //! Uses its children (endpoints, rounds, verdicts), the reconciler's context,
-//! and the probe pod and report types of `crate::probe`.
+//! and the probe pod, admission and report types of `crate::probe`.
 
 mod endpoints;
 mod round;
 mod verdict;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use crate::events::Kind as EventType;
@@ -23,11 +27,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::{Context, Error, publish, request_key, status};
 use crate::api::{CertificateRequest, CertificateRequestStatus, ProbeStatus};
 use crate::probe::ProbeReport;
+use crate::probe::admission::{AdmissionRules, IpRange};
 use crate::probe::pod;
-use round::{Round, delete_leftovers, delete_pod, start_batch};
+use round::{Round, delete_leftovers, delete_pod, refused_result, start_batch};
 use verdict::{addresses, bounded_status, set_verified};
 
-pub use endpoints::{ReadyEndpoint, endpoints_in, port_matches, ready_endpoints};
+pub use endpoints::{
+    Endpoints, ReadyEndpoint, RefusedEndpoint, endpoints_in, port_matches, ready_endpoints,
+};
+pub use round::sweep;
 pub use verdict::{MAX_STATUS_ENDPOINTS, verdict};
 
 /// On a request: set to any new value to probe now; `p12-operator` tools use it.
@@ -45,6 +53,13 @@ pub struct ProbeConfig {
     pub grace: Duration,
     /// Confine each probe pod with a NetworkPolicy to the endpoints it probes.
     pub network_policy: bool,
+    /// The operator's own namespace: the only one probe pods run in.
+    pub namespace: String,
+    /// The cluster's pod address ranges (`--pod-cidr`); empty: unknown.
+    pub pod_ranges: Vec<IpRange>,
+    /// Addresses of the API server known at start-up (the address the
+    /// operator talks to, `KUBERNETES_SERVICE_HOST`).
+    pub api_server: Vec<IpAddr>,
 }
 
 /// What the probe step needs besides the request.
@@ -62,6 +77,8 @@ pub struct ProbeState {
     seq: AtomicU64,
     /// Probe rounds in progress.
     rounds: Mutex<HashMap<ObjectRef<CertificateRequest>, Round>>,
+    /// The API server's addresses last read from the `kubernetes` Service.
+    api_server: RwLock<Vec<IpAddr>>,
 }
 
 type ServiceKey = (String, String);
@@ -76,7 +93,23 @@ impl ProbeState {
             changed: Mutex::default(),
             seq: AtomicU64::new(0),
             rounds: Mutex::default(),
+            api_server: RwLock::default(),
         }
+    }
+
+    /// What an endpoint is judged by ([`crate::probe::admission::admit_endpoint`]).
+    pub fn admission_rules(&self) -> AdmissionRules {
+        let mut api_server = self.config.api_server.clone();
+        api_server.extend(self.api_server.read().unwrap().iter().copied());
+        AdmissionRules {
+            pod_ranges: self.config.pod_ranges.clone(),
+            api_server,
+        }
+    }
+
+    /// Remembers the API server's addresses read from the cluster.
+    pub fn set_api_server(&self, addresses: Vec<IpAddr>) {
+        *self.api_server.write().unwrap() = addresses;
     }
 
     /// Requests to revisit when an EndpointSlice of a Service changes.
@@ -172,11 +205,12 @@ pub async fn step(
         return Ok(None);
     };
     let ns = cr.namespace().unwrap_or_default();
+    let pod_ns = state.config.namespace.as_str();
     let oref = request_key(cr);
     let names = pod::slot_names(cr);
     let Some(spec) = &cr.spec.probe else {
         state.forget(&oref);
-        delete_leftovers(ctx, state, &ns, &names).await?;
+        delete_leftovers(ctx, state, pod_ns, &names).await?;
         status.conditions.retain(|c| c.type_ != status::VERIFIED);
         status.probe = None;
         return Ok(None);
@@ -210,10 +244,15 @@ pub async fn step(
             return start_batch(cr, ctx, state, &names, status, r, ca_pem, timeout, interval).await;
         };
         let name = &names[r.slot];
-        let live = state
-            .pods
-            .get(&ObjectRef::new(name).within(&ns))
-            .filter(|p| p.uid().as_deref() == Some(uid.as_str()));
+        let cached = state.pods.get(&ObjectRef::new(name).within(pod_ns));
+        if let Some(p) = cached
+            .as_ref()
+            .filter(|p| p.uid().as_deref() != Some(uid.as_str()))
+        {
+            // Only the pod this round created may answer, never one by its name alone.
+            tracing::warn!(namespace = %ns, request = %cr.name_any(), pod_namespace = %pod_ns, pod = %name, uid = %p.uid().unwrap_or_default(), "ignoring a probe pod the operator did not create (another uid)");
+        }
+        let live = cached.filter(|p| p.uid().as_deref() == Some(uid.as_str()));
         let Some(p) = live else {
             if Timestamp::now().duration_since(r.batch_started) <= overdue_after {
                 return Ok(Some(Duration::from_secs(5)));
@@ -246,8 +285,16 @@ pub async fn step(
             .and_then(|s| s.terminated.as_ref())
             .and_then(|t| t.message.clone())
             .unwrap_or_default();
-        let outcome = match ProbeReport::from_json(message.trim()) {
-            Ok(report) => {
+        let parsed = ProbeReport::from_json(message.trim());
+        let forged = parsed
+            .as_ref()
+            .is_ok_and(|report| report.nonce.as_deref() != Some(r.nonce.expose()));
+        if forged {
+            // Logged without either nonce: the pod's is as secret as ours.
+            tracing::warn!(namespace = %ns, request = %cr.name_any(), pod_namespace = %pod_ns, pod = %name, "ignoring a probe result without this probe's nonce");
+        }
+        let outcome = match parsed.ok().filter(|_| !forged) {
+            Some(report) => {
                 for e in &report.endpoints {
                     ctx.metrics
                         .probes
@@ -265,7 +312,13 @@ pub async fn step(
                 r.record(report);
                 None
             }
-            Err(_) => {
+            None if forged => Some((
+                "ProbeFailed",
+                format!(
+                    "probe pod {name} ended with a report the operator cannot trust (it lacks this probe's nonce); it was ignored"
+                ),
+            )),
+            None => {
                 let why = p
                     .status
                     .as_ref()
@@ -283,7 +336,7 @@ pub async fn step(
             }
         };
         ctx.leadership.check()?;
-        delete_pod(ctx, state, &ns, name).await?;
+        delete_pod(ctx, state, pod_ns, name).await?;
         if outcome.is_none() && !r.finished() {
             return start_batch(cr, ctx, state, &names, status, r, ca_pem, timeout, interval).await;
         }
@@ -334,7 +387,7 @@ pub async fn step(
     }
     // No round here: any probe pod of this request is a leftover (of a
     // previous process, or of a round given up).
-    delete_leftovers(ctx, state, &ns, &names).await?;
+    delete_leftovers(ctx, state, pod_ns, &names).await?;
 
     // Is a probe due, and when?
     let now = Timestamp::now();
@@ -366,27 +419,38 @@ pub async fn step(
 
     // Marks set from here on are changes this round may not see.
     let seq = state.seq.load(Ordering::SeqCst);
-    let endpoints =
-        match ready_endpoints(&ctx.client, &ns, &spec.service.name, spec.service.port).await? {
-            Ok(e) => e,
-            Err(why) => {
-                state.clear_changed(&oref, seq);
-                status.probe = Some(ProbeStatus {
-                    last_probe_time: Some(Time(now)),
-                    issued_fingerprint_sha256: Some(issued),
-                    requested,
-                    ..Default::default()
-                });
-                if set_verified(cr, status, false, "NoEndpoints", &why) {
-                    publish(ctx, cr, EventType::Warning, "NoEndpoints", "Probe", why).await;
-                }
-                return Ok(Some(interval));
+    let endpoints = match ready_endpoints(
+        &ctx.client,
+        &ns,
+        &spec.service.name,
+        spec.service.port,
+        &state.admission_rules(),
+        &extra_allowed_ranges(cr),
+    )
+    .await?
+    {
+        Ok(e) => e,
+        Err(why) => {
+            state.clear_changed(&oref, seq);
+            status.probe = Some(ProbeStatus {
+                last_probe_time: Some(Time(now)),
+                issued_fingerprint_sha256: Some(issued),
+                requested,
+                ..Default::default()
+            });
+            if set_verified(cr, status, false, "NoEndpoints", &why) {
+                publish(ctx, cr, EventType::Warning, "NoEndpoints", "Probe", why).await;
             }
-        };
+            return Ok(Some(interval));
+        }
+    };
     // Endpoint churn that leaves a verified set as probed needs no new probe.
     let same_set = endpoints
+        .admitted
         .iter()
-        .map(|e| e.addr.to_string())
+        .map(|e| e.addr)
+        .chain(endpoints.refused.iter().map(|e| e.addr))
+        .map(|a| a.to_string())
         .collect::<BTreeSet<_>>()
         == addresses(&last);
     let was_verified =
@@ -412,10 +476,38 @@ pub async fn step(
         }
         return Ok(Some(interval));
     }
+    for _ in &endpoints.refused {
+        ctx.metrics
+            .probes
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: crate::probe::Reason::EndpointRefused.as_str().into(),
+            })
+            .inc();
+    }
+    if endpoints.admitted.is_empty() {
+        // Nothing may be probed: report the refusals, start no pod.
+        state.clear_changed(&oref, seq);
+        let report = ProbeReport {
+            endpoints: endpoints.refused.iter().map(refused_result).collect(),
+            probed_at: now,
+            omitted_endpoints: 0,
+            nonce: None,
+        };
+        let (_, reason, text) = verdict(&report);
+        status.probe = Some(ProbeStatus {
+            issued_fingerprint_sha256: Some(issued),
+            requested,
+            ..bounded_status(&report)
+        });
+        if set_verified(cr, status, false, reason, &text) {
+            publish(ctx, cr, EventType::Warning, reason, "Probe", text).await;
+        }
+        return Ok(Some(interval));
+    }
     // A slot whose name is free: a deleted pod may linger a moment.
     let Some(slot) = names
         .iter()
-        .position(|n| state.pods.get(&ObjectRef::new(n).within(&ns)).is_none())
+        .position(|n| state.pods.get(&ObjectRef::new(n).within(pod_ns)).is_none())
     else {
         return Ok(Some(Duration::from_secs(2)));
     };
@@ -430,6 +522,52 @@ fn ctx_grace(state: &ProbeState) -> Duration {
     state.config.grace
 }
 
+/// The API server's addresses as the cluster publishes them: the cluster IPs
+/// of the `kubernetes` Service in `default` and the addresses of its
+/// EndpointSlice (also named `kubernetes`). Best effort: what cannot be read
+/// (no permission, an outage) is left out.
+pub async fn read_api_server_addresses(client: &kube::Client) -> Vec<IpAddr> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::Api;
+    let mut out = Vec::new();
+    match Api::<Service>::namespaced(client.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+    {
+        Ok(svc) => out.extend(
+            svc.and_then(|s| s.spec)
+                .and_then(|s| s.cluster_ips)
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok()),
+        ),
+        Err(e) => tracing::debug!(error = %e, "failed to read the kubernetes Service"),
+    }
+    match Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+    {
+        Ok(slice) => out.extend(
+            slice
+                .into_iter()
+                .flat_map(|s| s.endpoints)
+                .flat_map(|e| e.addresses)
+                .filter_map(|ip| ip.parse::<IpAddr>().ok()),
+        ),
+        Err(e) => tracing::debug!(error = %e, "failed to read the kubernetes EndpointSlice"),
+    }
+    out
+}
+
+/// Address ranges the request's namespace may probe beyond Pods of its own
+/// (passed to [`crate::probe::admission::admit_endpoint`] as `extra_allowed`).
+/// None yet: an issuance policy that names ranges for a namespace will supply
+/// them here.
+fn extra_allowed_ranges(_cr: &CertificateRequest) -> Vec<IpRange> {
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::round::tests::round_of;
@@ -441,6 +579,9 @@ mod tests {
                 image: "p12-operator".into(),
                 grace: Duration::from_secs(10),
                 network_policy: false,
+                namespace: "p12-system".into(),
+                pod_ranges: Vec::new(),
+                api_server: Vec::new(),
             },
             kube::runtime::reflector::store::<Pod>().0,
         )

@@ -1,6 +1,8 @@
-//! A probe round: every ready endpoint of a Service probed in batches, one
-//! probe pod (and NetworkPolicy) per batch; launching and removing those pods.
-//! Uses the probe state's bookkeeping, the probe pod spec and the kube client.
+//! A probe round: every admitted endpoint of a Service probed in batches, one
+//! probe pod (and NetworkPolicy) per batch in the operator's namespace;
+//! launching and removing those pods, and sweeping those whose request is
+//! gone. Uses the probe state's bookkeeping, the probe pod spec and the kube
+//! client.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,16 +12,19 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::ProbeState;
+use super::endpoints::{Endpoints, RefusedEndpoint};
 use super::verdict::set_verified;
-use super::{ProbeState, ReadyEndpoint};
 use crate::api::{CertificateRequest, CertificateRequestStatus};
+use crate::bundle::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::events::Kind as EventType;
 use crate::probe::pod::{self, ProbePod};
-use crate::probe::{ProbeReport, ProbeResult};
+use crate::probe::{ProbeReport, ProbeResult, Reason};
 use crate::reconciler::{Context, Error, publish, request_key};
+use crate::sensitive::SecretString;
 
 /// One probe of every ready endpoint of a Service, in batches of at most
 /// [`pod::MAX_ENDPOINTS`], one probe pod after another.
@@ -29,8 +34,10 @@ pub(super) struct Round {
     /// The issued certificate's fingerprint the endpoints are compared with.
     pub(super) fingerprint: String,
     pub(super) requested: Option<String>,
-    /// Every ready endpoint when the round began.
+    /// Every admitted endpoint when the round began.
     endpoints: Vec<SocketAddr>,
+    /// Endpoints refused when the round began: reported, never probed.
+    refused: Vec<ProbeResult>,
     /// The Pod behind each endpoint (`ip:port` → name), as the EndpointSlices said.
     pods: BTreeMap<String, String>,
     /// `ProbeState::seq` before the endpoints were read.
@@ -43,8 +50,11 @@ pub(super) struct Round {
     probed_at: Option<Timestamp>,
     /// The slot (see [`pod::slot_names`]) of the current batch's pod.
     pub(super) slot: usize,
-    /// UID of the current batch's pod, once it was created.
+    /// UID of the current batch's pod, once it was created: only that pod's
+    /// report counts, never another pod's that took the name.
     pub(super) pod_uid: Option<String>,
+    /// The secret the current batch's report must echo (`Debug` redacts it).
+    pub(super) nonce: SecretString,
     /// When the current batch's pod was created (local clock).
     pub(super) batch_started: Timestamp,
 }
@@ -54,20 +64,23 @@ impl Round {
         service: &str,
         fingerprint: &str,
         requested: Option<String>,
-        endpoints: Vec<ReadyEndpoint>,
+        endpoints: Endpoints,
         seq: u64,
         slot: usize,
     ) -> Round {
         let pods = endpoints
+            .admitted
             .iter()
             .filter_map(|e| Some((e.addr.to_string(), e.pod.clone()?)))
             .collect();
-        let endpoints = endpoints.into_iter().map(|e| e.addr).collect();
+        let refused = endpoints.refused.iter().map(refused_result).collect();
+        let endpoints = endpoints.admitted.into_iter().map(|e| e.addr).collect();
         Round {
             service: service.to_string(),
             fingerprint: fingerprint.to_string(),
             requested,
             endpoints,
+            refused,
             pods,
             seq,
             done: 0,
@@ -76,6 +89,7 @@ impl Round {
             probed_at: None,
             slot,
             pod_uid: None,
+            nonce: SecretString::default(),
             batch_started: Timestamp::now(),
         }
     }
@@ -113,15 +127,36 @@ impl Round {
         self.done >= self.endpoints.len()
     }
 
-    /// The whole round as one report: every endpoint's result, and how many
-    /// went unreported.
+    /// The whole round as one report: every endpoint's result (the refused
+    /// ones last), and how many went unreported.
     pub(super) fn report(&self) -> ProbeReport {
         ProbeReport {
-            endpoints: self.results.clone(),
+            endpoints: [self.results.clone(), self.refused.clone()].concat(),
             probed_at: self.probed_at.unwrap_or_else(Timestamp::now),
             omitted_endpoints: self.unreported
                 + (self.endpoints.len() - self.done.min(self.endpoints.len())),
+            nonce: None,
         }
+    }
+}
+
+/// A refused endpoint as a result: what the request's own EndpointSlice said
+/// (the address) and why it was not probed; nothing was connected to.
+pub(super) fn refused_result(e: &RefusedEndpoint) -> ProbeResult {
+    ProbeResult {
+        address: e.addr.to_string(),
+        pod: None,
+        verified: false,
+        served_fingerprint_sha256: None,
+        matches_issued: None,
+        tls_version: None,
+        cipher_suite: None,
+        handshake_millis: None,
+        message: format!("not probed: {}", e.why),
+        reason: Reason::EndpointRefused,
+        serial: None,
+        not_after: None,
+        chain_length: 0,
     }
 }
 
@@ -141,12 +176,15 @@ pub(super) async fn start_batch(
 ) -> Result<Option<Duration>, Error> {
     let issued = round.fingerprint.clone();
     let ns = cr.namespace().unwrap_or_default();
+    let pod_ns = state.config.namespace.as_str();
     let oref = request_key(cr);
     let name = &names[round.slot];
     let server_name = format!("{}.{ns}.svc", round.service);
     let batch = round.batch().to_vec();
+    round.nonce = SecretString::from(pod::new_nonce());
     let probe_pod = ProbePod {
         request: cr,
+        namespace: pod_ns,
         name,
         image: &state.config.image,
         endpoints: &batch,
@@ -154,13 +192,14 @@ pub(super) async fn start_batch(
         ca_pem,
         expect_fingerprint: &issued,
         handshake_timeout: timeout,
+        nonce: round.nonce.expose(),
     }
     .build();
     ctx.leadership.check()?;
     if state.config.network_policy {
         // The fence goes up before the pod exists.
-        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut policy = pod::network_policy(cr, name, &batch);
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), pod_ns);
+        let mut policy = pod::network_policy(cr, pod_ns, name, &batch);
         let pp = PostParams {
             field_manager: Some(crate::reconciler::MANAGER.into()),
             ..Default::default()
@@ -175,7 +214,7 @@ pub(super) async fn start_batch(
             Err(e) => return Err(e.into()),
         }
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), pod_ns);
     let created = pods
         .create(
             &PostParams {
@@ -187,7 +226,7 @@ pub(super) async fn start_batch(
         .await;
     match created {
         Ok(p) => {
-            tracing::debug!(namespace = %ns, request = %cr.name_any(), pod = %name, endpoints = batch.len(), "started probe pod");
+            tracing::debug!(namespace = %ns, request = %cr.name_any(), pod_namespace = %pod_ns, pod = %name, endpoints = batch.len(), "started probe pod");
             round.pod_uid = p.uid();
             round.batch_started = Timestamp::now();
             state.save_round(&oref, Some(round));
@@ -254,6 +293,73 @@ pub(super) async fn delete_leftovers(
     Ok(())
 }
 
+/// Deletes probe pods (and NetworkPolicies) whose request is gone: deleted,
+/// or deleted and created again (another uid). Probe pods live in the
+/// operator's namespace, so no ownerReference lets the garbage collector do
+/// this. Runs once the request and pod caches are filled, then periodically;
+/// only the leader deletes.
+pub async fn sweep(ctx: &Context, requests: &Store<CertificateRequest>) -> Result<usize, Error> {
+    let Some(state) = &ctx.probe else {
+        return Ok(0);
+    };
+    let pod_ns = state.config.namespace.as_str();
+    let wanted = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        pod::request_of(meta).is_some_and(|(ns, name, uid)| {
+            requests
+                .get(&ObjectRef::new(&name).within(&ns))
+                .is_some_and(|cr| cr.uid().as_deref() == Some(uid.as_str()))
+        })
+    };
+    let mut deleted = 0;
+    for p in state.pods.state() {
+        if p.metadata.deletion_timestamp.is_some() || wanted(&p.metadata) {
+            continue;
+        }
+        ctx.leadership.check()?;
+        tracing::info!(pod_namespace = %pod_ns, pod = %p.name_any(), "deleting a probe pod whose request is gone");
+        delete_pod(ctx, state, pod_ns, &p.name_any()).await?;
+        deleted += 1;
+    }
+    if state.config.network_policy {
+        // A policy is created before its pod: one whose request is gone, or
+        // whose pod never came (a crash in between) and is old, is a leftover.
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), pod_ns);
+        let selector = format!(
+            "{}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
+            pod::COMPONENT_LABEL,
+            pod::COMPONENT
+        );
+        for np in policies
+            .list(&ListParams::default().labels(&selector))
+            .await?
+        {
+            let name = np.name_any();
+            let old = np
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .is_some_and(|t| Timestamp::now().duration_since(t.0).as_secs() > 300);
+            let pod_exists = state
+                .pods
+                .get(&ObjectRef::new(&name).within(pod_ns))
+                .is_some();
+            if np.metadata.deletion_timestamp.is_some()
+                || (wanted(&np.metadata) && (pod_exists || !old))
+            {
+                continue;
+            }
+            ctx.leadership.check()?;
+            tracing::info!(pod_namespace = %pod_ns, policy = %name, "deleting a leftover probe NetworkPolicy");
+            match policies.delete(&name, &DeleteParams::background()).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+                Ok(_) => deleted += 1,
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -279,12 +385,16 @@ pub(super) mod tests {
     }
 
     pub(crate) fn round_of(n: u8) -> Round {
-        let endpoints = (1..=n)
-            .map(|i| ReadyEndpoint {
+        let admitted = (1..=n)
+            .map(|i| super::super::ReadyEndpoint {
                 addr: SocketAddr::from(([10, 0, 0, i], 8443)),
                 pod: Some(format!("web-{i}")),
             })
             .collect();
+        let endpoints = Endpoints {
+            admitted,
+            refused: Vec::new(),
+        };
         Round::new("web", "ab", None, endpoints, 0, 0)
     }
 

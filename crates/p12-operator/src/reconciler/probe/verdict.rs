@@ -38,11 +38,12 @@ pub fn verdict(report: &ProbeReport) -> (bool, &'static str, String) {
             ),
         );
     }
-    const ORDER: [Reason; 7] = [
+    const ORDER: [Reason; 8] = [
         Reason::UntrustedChain,
         Reason::Expired,
         Reason::HostnameMismatch,
         Reason::StaleCertificate,
+        Reason::EndpointRefused,
         Reason::HandshakeFailed,
         Reason::Timeout,
         Reason::ConnectionFailed,
@@ -137,6 +138,7 @@ pub(super) mod tests {
             endpoints: results,
             probed_at: Timestamp::now(),
             omitted_endpoints: 0,
+            nonce: None,
         }
     }
 

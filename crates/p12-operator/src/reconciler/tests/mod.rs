@@ -14,6 +14,7 @@ mod bookkeeping;
 mod failures;
 mod issuance;
 mod ownership;
+mod probing;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -253,6 +254,13 @@ struct Harness {
 }
 
 fn harness_with(leadership: crate::leader::Leadership) -> Harness {
+    harness_with_probe(leadership, None)
+}
+
+fn harness_with_probe(
+    leadership: crate::leader::Leadership,
+    probe: Option<super::probe::ProbeState>,
+) -> Harness {
     let api = MockApi::default();
     let (ctx, revisit) = Context::new(
         api.client(),
@@ -269,7 +277,7 @@ fn harness_with(leadership: crate::leader::Leadership) -> Harness {
                 api_server: "https://127.0.0.1:6443".into(),
             },
             concurrency: 4,
-            probe: None,
+            probe,
             leadership,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             health: Arc::new(crate::admin::Health::default()),
