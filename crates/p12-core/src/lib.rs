@@ -5,6 +5,7 @@
 //! types, rcgen, p12-keystore and x509 parsing, never on a kube client, tokio,
 //! hyper or rustls (scripts/test checks).
 
+pub mod admission;
 pub mod api;
 pub mod bundle;
 pub mod duration;

@@ -74,7 +74,8 @@ pub fn key_algorithm(
     })
 }
 
-fn usage(u: api::Usage) -> Usage {
+/// The signer's usage for an API usage.
+pub fn usage(u: api::Usage) -> Usage {
     match u {
         api::Usage::ServerAuth => Usage::ServerAuth,
         api::Usage::ClientAuth => Usage::ClientAuth,
@@ -232,7 +233,7 @@ mod tests {
         assert_eq!(p.key_algorithm, KeyAlgorithm::EcdsaP256);
         assert_eq!(p.keystore_profile, Profile::Modern2023);
         assert_eq!(p.leaf.duration, Duration::from_secs(90 * 24 * 3600));
-        assert_eq!(p.leaf.usages, vec![Usage::ServerAuth, Usage::ClientAuth]);
+        assert_eq!(p.leaf.usages, vec![Usage::ServerAuth]);
         assert_eq!(p.alias, "web");
         assert_eq!(p.password, PasswordSource::Generated);
     }

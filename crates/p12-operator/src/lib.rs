@@ -18,4 +18,4 @@ pub mod reconciler;
 pub mod telemetry;
 
 // The core's modules under the paths the operator has always used (`crate::pki`, …).
-pub use p12_core::{api, bundle, duration, keystore, pki, plan, sensitive};
+pub use p12_core::{admission, api, bundle, duration, keystore, pki, plan, sensitive};

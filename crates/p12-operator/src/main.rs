@@ -11,13 +11,16 @@ fn main() {
         std::process::exit(2);
     }
     let code = match cli.command {
-        Command::Crd => match api::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                Ok(0)
-            }
-            Err(e) => Err(e.into()),
-        },
+        Command::Crd(args) => args
+            .names()
+            .iter()
+            .map(|plural| api::crd_yaml(plural))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|docs| {
+                print!("{}", docs.concat());
+                0
+            })
+            .map_err(Into::into),
         Command::Run(args) => runtime().block_on(reconciler::run(args)).map(|()| 0),
         Command::Probe(args) => runtime().block_on(probe::main(args)),
         Command::Inspect(args) => runtime().block_on(inspect::main(args)),

@@ -266,6 +266,19 @@ spec:
     )
 }
 
+/// Chart values: an IssuancePolicy for every namespace allowing what the
+/// cases ask for besides their own Services' names.
+const NODE_TEST_VALUES: &str = "policy:
+  issuancePolicies:
+  - name: node-tests
+    spec:
+      namespaces: {selector: {}}
+      allow:
+        dnsNames: ['*.example.test']
+        usages: [serverAuth, clientAuth]
+        commonNames: [orders-service]
+";
+
 /// The operator installed from the chart, checked once by the first case.
 fn operator_installed(node: &Node) {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -285,11 +298,17 @@ fn install_with_helm(node: &Node) {
         ],
     );
     let chart = p12_testenv::tools::repo_root().join("charts/p12-operator");
+    // The chart installs the IssuancePolicy these tests need beyond the
+    // built-in default: an external test domain and mTLS clients.
+    let values = node.cp.dir.join("node-test-values.yaml");
+    std::fs::write(&values, NODE_TEST_VALUES).unwrap();
     let out = node
         .cp
         .helm()
         .args(["install", "p12", "--namespace", OPERATOR_NS])
         .arg(&chart)
+        .arg("--values")
+        .arg(&values)
         .args([
             // The image was imported into containerd; there is no registry.
             "--set",
@@ -964,10 +983,15 @@ fn kubectl_apply_deploy_runs_the_operator(node: &'static Node) {
         ],
     );
     step("kubectl apply -f deploy/ to Ready", t);
+    // The chart's IssuancePolicy went with its release: the built-in default
+    // admits the names of the namespace's own Service, with deploy/'s RBAC.
     let ns = restricted_namespace(node, "plain");
     apply(
         node,
-        &request_yaml(&ns, "hello", "  dnsNames: [hello.example.test]\n"),
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: hello, namespace: {ns}}}\nspec:\n  selector: {{app: hello}}\n  ports: [{{port: 443}}]\n---\n{}",
+            request_yaml(&ns, "hello", &format!("  dnsNames: [hello.{ns}.svc]\n"))
+        ),
     );
     wait_condition(node, &ns, "hello", "Ready", Duration::from_secs(60));
 }

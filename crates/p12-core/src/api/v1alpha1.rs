@@ -75,8 +75,9 @@ pub struct CertificateRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Subject>,
 
-    /// DNS names the certificate is valid for, e.g. `web.shop.svc`. A leading
-    /// `*.` requests a wildcard where the operator's policy allows it.
+    /// DNS names the certificate is valid for, e.g. `web.shop.svc`. Without an
+    /// IssuancePolicy only the names of this namespace's own Services are
+    /// allowed. A leading `*.` requests a wildcard where a policy allows it.
     #[serde(default)]
     #[schemars(length(max = 100), inner(length(min = 1, max = 253)))]
     pub dns_names: Vec<String>,
@@ -101,8 +102,9 @@ pub struct CertificateRequestSpec {
     )]
     pub email_addresses: Vec<String>,
 
-    /// What the certificate may be used for. TLS servers need `serverAuth`,
-    /// TLS clients (mTLS) `clientAuth`.
+    /// What the certificate may be used for. TLS servers need `serverAuth`
+    /// (the default), TLS clients (mTLS) `clientAuth`, which needs an
+    /// IssuancePolicy that allows it.
     #[serde(default = "default_usages")]
     #[schemars(length(min = 1, max = 12))]
     #[x_kube(validation = Rule::new("self.all(u, self.exists_one(v, v == u))").message("usages must not repeat"))]
@@ -147,7 +149,7 @@ pub struct CertificateRequestSpec {
 }
 
 fn default_usages() -> Vec<Usage> {
-    vec![Usage::ServerAuth, Usage::ClientAuth]
+    vec![Usage::ServerAuth]
 }
 
 fn default_duration() -> String {

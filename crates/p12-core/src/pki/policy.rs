@@ -396,7 +396,7 @@ fn is_email_local_part(local: &str) -> bool {
 }
 
 /// Formats a duration the way the API writes them (`2160h`, `90m`, `45s`).
-fn human(duration: Duration) -> String {
+pub(crate) fn human(duration: Duration) -> String {
     let secs = duration.as_secs();
     if secs.is_multiple_of(HOUR) {
         format!("{}h", secs / HOUR)

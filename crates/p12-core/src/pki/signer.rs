@@ -74,6 +74,12 @@ impl Usage {
         }
     }
 
+    /// Whether this is an extended key usage (what the certificate is for:
+    /// `serverAuth`, `clientAuth`, …) rather than a key usage bit.
+    pub fn is_extended(self) -> bool {
+        self.extended_key_usage().is_some()
+    }
+
     /// The extended-key-usage OID, for the usages that are EKUs.
     fn extended_key_usage(self) -> Option<&'static [u64]> {
         match self {

@@ -4,6 +4,7 @@
 //! depend on this module instead.
 
 mod completion;
+mod crd;
 mod inspect;
 mod probe;
 mod probe_now;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use completion::CompletionArgs;
+pub use crd::CrdArgs;
 pub use inspect::InspectArgs;
 pub use probe::ProbeArgs;
 pub use probe_now::ProbeNowArgs;
@@ -46,8 +48,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(RunArgs),
-    /// Print the CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML (both, or the one named).
+    Crd(CrdArgs),
     /// Probe TLS endpoints and report, as JSON, what each one served (what probe pods run).
     Probe(ProbeArgs),
     /// Describe a PKCS#12 bundle from a file or a Secret: subject, names, validity, chain, fingerprint — never the key.

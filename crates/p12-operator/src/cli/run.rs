@@ -36,12 +36,24 @@ pub struct RunArgs {
     /// Longest certificate lifetime a request may ask for (policy).
     #[arg(long, default_value = "9528h", value_parser = duration::parse)]
     pub max_duration: Duration,
-    /// Refuse wildcard DNS names (policy).
+    /// Refuse wildcard DNS names, whatever an IssuancePolicy allows.
     #[arg(long)]
     pub deny_wildcards: bool,
-    /// Refuse IP address SANs (policy).
+    /// Refuse IP address SANs, whatever an IssuancePolicy allows.
     #[arg(long)]
     pub deny_ip_sans: bool,
+    /// Apply the built-in default policy to every namespace: the names of the
+    /// namespace's own Services, serverAuth, at most 90 days. With `false`,
+    /// only IssuancePolicies admit requests.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_policy: bool,
+    /// Allow `<service>.<namespace>.svc` names without the Service existing
+    /// (and do not watch Services).
+    #[arg(long)]
+    pub allow_unknown_services: bool,
+    /// The cluster's DNS domain, for `<service>.<namespace>.svc.<domain>` names.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Requests reconciled at once (API-bound; crypto is limited to one task per core separately).
     #[arg(long, default_value_t = 32)]
     pub concurrency: u16,

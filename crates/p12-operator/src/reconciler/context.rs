@@ -29,6 +29,8 @@ pub struct Context {
     /// Events being sent at once; beyond this they are dropped (and counted).
     pub(super) events_in_flight: Arc<Semaphore>,
     pub(super) policy: Policy,
+    /// Who may get which names: IssuancePolicies, namespace labels, Services.
+    pub admission: super::Admission,
     pub(super) ca_settings: CaSettings,
     pub(super) ca: RwLock<Result<Arc<CertificateAuthority>, CaProblem>>,
     /// Readiness: `/readyz` fails while no CA is usable.
@@ -65,6 +67,7 @@ pub(crate) const MANAGER: &str = bundle::MANAGED_BY;
 pub struct ContextSettings {
     pub instance: String,
     pub policy: Policy,
+    pub admission: super::Admission,
     pub ca: CaSettings,
     pub concurrency: u16,
     pub probe: Option<probe::ProbeState>,
@@ -106,6 +109,7 @@ impl Context {
             events_in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
             client,
             policy: settings.policy,
+            admission: settings.admission,
             ca_settings: settings.ca,
             ca: RwLock::new(Err(not_yet)),
             health: settings.health,
@@ -226,6 +230,11 @@ impl Context {
                 let _ = self.revisit.send(ObjectRef::new(name).within(&ns));
             }
         }
+    }
+
+    /// Reconciles a request again soon, outside the watches.
+    pub(super) fn revisit(&self, request: ObjectRef<CertificateRequest>) {
+        let _ = self.revisit.send(request);
     }
 
     pub(super) fn secrets_synced(&self) -> bool {

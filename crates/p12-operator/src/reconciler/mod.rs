@@ -10,6 +10,7 @@
 //! the Secret, `issue` the key and certificate, `record` status, Events and
 //! metrics, `run` the watches and the controller loop.
 
+mod admission;
 pub mod ca;
 mod context;
 mod issue;
@@ -25,6 +26,7 @@ mod tests;
 
 use crate::pki;
 
+pub use admission::{Admission, Verdict};
 pub use context::{Context, ContextSettings};
 pub(crate) use context::{MANAGER, request_key};
 pub use pass::{error_policy, reconcile};

@@ -97,6 +97,20 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
                 }));
             }
         };
+        // Policy before anything else: a refused request costs no key and no call.
+        match ctx.admission.check(&cr, &plan) {
+            super::Verdict::Admitted => {}
+            super::Verdict::NotSynced => {
+                return Ok(Ok(Action::requeue(Duration::from_millis(500))));
+            }
+            super::Verdict::Refused(r) => {
+                return Ok(Err(Refusal {
+                    reason: crate::admission::Refusal::REASON,
+                    message: r.message,
+                    retry: false,
+                }));
+            }
+        }
         let ca = match ctx.ca() {
             Ok(ca) => ca,
             Err(p) => return Ok(Err(refuse(p.reason, p.message))),
@@ -178,9 +192,28 @@ async fn report_refusal(
     failures: u32,
 ) -> Result<(), Error> {
     let mut status = ctx.current_status(cr).unwrap_or_default();
-    let previous = status::get(&status.conditions, status::ISSUED)
+    let previous = status::get(&status.conditions, status::READY)
         .map(|c| (c.reason.clone(), c.message.clone()));
-    let message = status::truncate(&r.message);
+    // A policy that stops allowing an issued request does not take its
+    // certificate away: it stays until it expires, and is not renewed.
+    let still_valid = status
+        .not_after
+        .as_ref()
+        .filter(|t| t.0 > Timestamp::now())
+        .filter(|_| {
+            r.reason == crate::admission::Refusal::REASON
+                && status::get(&status.conditions, status::ISSUED)
+                    .is_some_and(|c| c.status == "True")
+        });
+    let message = match still_valid {
+        Some(until) => status::truncate(&format!(
+            "{}. The certificate issued before stays in Secret {} until it expires at {}, and is not renewed while no policy allows the request",
+            r.message.trim_end_matches('.'),
+            cr.spec.secret_name,
+            until.0
+        )),
+        None => status::truncate(&r.message),
+    };
     let generation = cr.metadata.generation;
     status::set(
         &mut status.conditions,
@@ -190,14 +223,16 @@ async fn report_refusal(
         &message,
         generation,
     );
-    status::set(
-        &mut status.conditions,
-        status::ISSUED,
-        false,
-        r.reason,
-        &message,
-        generation,
-    );
+    if still_valid.is_none() {
+        status::set(
+            &mut status.conditions,
+            status::ISSUED,
+            false,
+            r.reason,
+            &message,
+            generation,
+        );
+    }
     status.failed_attempts = Some(failures as i32);
     status.last_failure_time = Some(Time(Timestamp::now()));
     let changed = previous != Some((r.reason.to_string(), message.clone()));

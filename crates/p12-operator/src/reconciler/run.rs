@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -20,7 +20,7 @@ use super::ca::{self, CaSettings};
 use super::context::{Context, ContextSettings, request_key};
 use super::pass::{error_policy, reconcile};
 use super::probe;
-use crate::api::CertificateRequest;
+use crate::api::{CertificateRequest, IssuancePolicy};
 use crate::bundle::{self, annotations as ann};
 use crate::cli::RunArgs;
 use crate::pki::Policy;
@@ -104,6 +104,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ContextSettings {
             instance,
             policy: policy(&args),
+            admission: super::Admission::new(crate::admission::Settings {
+                cluster_domain: args.cluster_domain.clone(),
+                allow_unknown_services: args.allow_unknown_services,
+                builtin_default: args.default_policy,
+            }),
             ca: ca_settings,
             concurrency: args.concurrency,
             probe: (!args.disable_probes).then(|| {
@@ -282,6 +287,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .applied_objects();
 
+    let policies_changed = watch_policy_inputs(&client, &args, &ctx, &reader, &health);
+
     let ctx2 = ctx.clone();
     let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
@@ -314,7 +321,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(return_memory_when_idle(ctx.metrics.clone(), forgotten));
-    if ctx.probe.is_some() {
+    if let Some(state) = &ctx.probe {
+        // Known before the first probe: probes never connect to the API server.
+        state.set_api_server(probe::read_api_server_addresses(&client).await);
         tokio::spawn(sweep_probe_pods(ctx.clone(), reader.clone(), pod_reader));
     }
     let ctx4 = ctx.clone();
@@ -341,7 +350,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 None => Vec::new(),
             }
         })
-        .reconcile_all_on(tokio_stream_from(all_rx))
+        .reconcile_all_on(futures::stream::select(
+            tokio_stream_from(all_rx),
+            tokio_stream_from(policies_changed),
+        ))
         .reconcile_on(futures::stream::poll_fn({
             let mut rx = revisit_rx;
             move |cx| rx.poll_recv(cx)
@@ -387,20 +399,22 @@ async fn sweep_probe_pods(
     requests: reflector::Store<CertificateRequest>,
     pods: reflector::Store<Pod>,
 ) {
-    if requests.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
-        return;
-    }
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
-        tick.tick().await;
         if let Some(state) = &ctx.probe {
             let addresses = probe::read_api_server_addresses(&ctx.client).await;
             if !addresses.is_empty() {
                 state.set_api_server(addresses);
             }
         }
-        if ctx.leadership.check().is_err() {
+        // Until both caches are filled, a missing request or pod means nothing.
+        let ready = futures::future::join(requests.wait_until_ready(), pods.wait_until_ready());
+        let ready = tokio::time::timeout(SWEEP_INTERVAL, ready).await;
+        tick.tick().await;
+        if !matches!(ready, Ok((Ok(()), Ok(())))) || ctx.leadership.check().is_err() {
+            tracing::debug!("probe pod sweep skipped: caches not filled or not the leader");
             continue;
         }
         match probe::sweep(&ctx, &requests).await {
@@ -430,6 +444,87 @@ async fn api_server_addresses(host: Option<&str>) -> Vec<std::net::IpAddr> {
         }
     }
     out
+}
+
+/// Watches what policy decisions read: IssuancePolicies (a change checks every
+/// request again, through the returned channel), namespaces' labels and
+/// Services' names (a change checks the requests of that namespace again).
+/// Namespaces and Services are watched as metadata and only their names and
+/// labels are kept.
+fn watch_policy_inputs(
+    client: &Client,
+    args: &RunArgs,
+    ctx: &Arc<Context>,
+    requests: &reflector::Store<CertificateRequest>,
+    health: &Arc<crate::admin::Health>,
+) -> tokio::sync::mpsc::Receiver<()> {
+    let (all_tx, all_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let policies: Api<IssuancePolicy> = Api::all(client.clone());
+    let (ctx1, health1) = (ctx.clone(), health.clone());
+    tokio::spawn(async move {
+        let mut events = watcher(policies, watcher::Config::default().any_semantic())
+            .backoff(watch_backoff())
+            .boxed();
+        while let Some(ev) = events.next().await {
+            health1.watch_result("IssuancePolicy", &ev);
+            if let Ok(ev) = ev
+                && ctx1.admission.observe_policy(&ev)
+            {
+                tracing::info!("IssuancePolicies changed; checking every request again");
+                let _ = all_tx.try_send(());
+            }
+        }
+    });
+    // Requests of the namespaces `changed` names, from the controller's cache.
+    let revisit = {
+        let (ctx, requests) = (ctx.clone(), requests.clone());
+        move |changed: Vec<String>| {
+            if changed.is_empty() {
+                return;
+            }
+            for cr in requests.state() {
+                if cr.namespace().is_some_and(|ns| changed.contains(&ns)) {
+                    ctx.revisit(request_key(&cr));
+                }
+            }
+        }
+    };
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    let ns_config = match &args.watch_namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let (ctx2, health2, revisit2) = (ctx.clone(), health.clone(), revisit.clone());
+    tokio::spawn(async move {
+        let mut events = watcher(namespaces, ns_config.any_semantic())
+            .backoff(watch_backoff())
+            .boxed();
+        while let Some(ev) = events.next().await {
+            health2.watch_result("Namespace", &ev);
+            if let Ok(ev) = ev {
+                revisit2(ctx2.admission.observe_namespace(&ev));
+            }
+        }
+    });
+    if ctx.admission.watches_services() {
+        let services: Api<PartialObjectMeta<Service>> = match &args.watch_namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let (ctx3, health3) = (ctx.clone(), health.clone());
+        tokio::spawn(async move {
+            let mut events = watcher(services, watcher::Config::default().any_semantic())
+                .backoff(watch_backoff())
+                .boxed();
+            while let Some(ev) = events.next().await {
+                health3.watch_result("Service", &ev);
+                if let Ok(ev) = ev {
+                    revisit(ctx3.admission.observe_service(&ev));
+                }
+            }
+        });
+    }
+    all_rx
 }
 
 /// Passes kube-runtime hands over at once; they then wait for one of the

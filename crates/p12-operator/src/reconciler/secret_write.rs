@@ -249,6 +249,7 @@ pub(super) async fn converge(
                 .map_err(|e| Error::Task(e.to_string()))?;
             if reuse.is_none() {
                 ctx.metrics.keys_generated.inc();
+                tracing::debug!(namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any(), algorithm = ?plan.key_algorithm, "generating a key pair");
             }
             let (plan2, ca2) = (plan.clone(), ca.clone());
             let material = tokio::task::spawn_blocking(move || issue(&plan2, &ca2, reuse))

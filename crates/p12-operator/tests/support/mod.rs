@@ -40,41 +40,81 @@ use std::sync::{Mutex, OnceLock};
 
 use p12_testenv::process;
 
-/// Installs the committed CRD with `kubectl apply` and waits until it is served.
+/// Installs the committed CRDs with `kubectl apply` and waits until they are
+/// served; unless [`keep_the_default_policy`] was called, also an
+/// IssuancePolicy that allows every request in every namespace, so that tests
+/// about something else may ask for any name.
 pub fn install_crd() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let cp = cluster().control_plane();
-        let crd =
-            p12_testenv::tools::repo_root().join("crds/p12-operator.io_certificaterequests.yaml");
-        let out = cp
-            .kubectl()
-            .args(["apply", "--server-side", "-f"])
-            .arg(&crd)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "CRD apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = cp
-            .kubectl()
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "crd/certificaterequests.p12-operator.io",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "CRD not established: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for plural in p12_operator::api::CRDS {
+            let crd =
+                p12_testenv::tools::repo_root().join(format!("crds/p12-operator.io_{plural}.yaml"));
+            let out = cp
+                .kubectl()
+                .args(["apply", "--server-side", "-f"])
+                .arg(&crd)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "CRD apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let out = cp
+                .kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    &format!("crd/{plural}.p12-operator.io"),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "CRD not established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if !STRICT.load(std::sync::atomic::Ordering::SeqCst) {
+            let out = kubectl_apply(ALLOW_EVERYTHING, "default");
+            assert!(
+                out.status.success(),
+                "allow-everything policy: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     });
 }
+
+static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs no allow-everything policy in this test binary: requests meet the
+/// built-in default policy and the IssuancePolicies the tests create. Call it
+/// before anything installs the CRDs.
+pub fn keep_the_default_policy() {
+    STRICT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// An IssuancePolicy allowing whatever the operator's own bounds allow.
+pub const ALLOW_EVERYTHING: &str = r#"apiVersion: p12-operator.io/v1alpha1
+kind: IssuancePolicy
+metadata:
+  name: tests-allow-everything
+spec:
+  namespaces: {selector: {}}
+  allow:
+    dnsNames: ['**']
+    ipRanges: [0.0.0.0/0, '::/0']
+    uris: ['*']
+    emailAddresses: ['*']
+    commonNames: ['*']
+    subject: {organizations: ['*'], organizationalUnits: ['*'], countries: ['*'], localities: ['*'], provinces: ['*']}
+    usages: [serverAuth, clientAuth, codeSigning, emailProtection, timeStamping, ocspSigning]
+    maxDuration: 87600h
+"#;
 
 /// An operator process (`p12-operator run`) on the host, talking to the local
 /// control plane as cluster admin. Its stderr goes to `log`.

@@ -916,17 +916,13 @@ fn cluster() -> Result<(), String> {
     );
     cluster.start_pod_runner(&operator_binary()?);
     for args in [
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            "crds/p12-operator.io_certificaterequests.yaml",
-        ][..],
+        &["apply", "--server-side", "-f", "crds/"][..],
         &[
             "wait",
             "--for=condition=Established",
             "--timeout=30s",
             "crd/certificaterequests.p12-operator.io",
+            "crd/issuancepolicies.p12-operator.io",
         ][..],
     ] {
         println!("$ kubectl {}", args.join(" "));

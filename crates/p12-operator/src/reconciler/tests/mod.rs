@@ -14,6 +14,7 @@ mod bookkeeping;
 mod failures;
 mod issuance;
 mod ownership;
+mod policy;
 mod probing;
 
 use std::collections::VecDeque;
@@ -267,6 +268,7 @@ fn harness_with_probe(
         ContextSettings {
             instance: "test".into(),
             policy: Policy::default(),
+            admission: listed_admission(),
             ca: CaSettings {
                 namespace: "p12-operator".into(),
                 secret_name: "p12-operator-ca".into(),
@@ -285,6 +287,31 @@ fn harness_with_probe(
     );
     ctx.set_ca(Ok(test_ca()));
     Harness { api, ctx, revisit }
+}
+
+/// Policy inputs as the watches would deliver them: no IssuancePolicy, the
+/// namespace `shop` with its Service `web`.
+fn listed_admission() -> Admission {
+    fn meta<K: Default>(ns: Option<&str>, name: &str) -> PartialObjectMeta<K> {
+        PartialObjectMeta {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: ns.map(Into::into),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+    let a = Admission::new(crate::admission::Settings::default());
+    a.observe_policy(&watcher::Event::Init);
+    a.observe_policy(&watcher::Event::InitDone);
+    a.observe_namespace(&watcher::Event::Init);
+    a.observe_namespace(&watcher::Event::InitApply(meta(None, NS)));
+    a.observe_namespace(&watcher::Event::InitDone);
+    a.observe_service(&watcher::Event::Init);
+    a.observe_service(&watcher::Event::InitApply(meta(Some(NS), "web")));
+    a.observe_service(&watcher::Event::InitDone);
+    a
 }
 
 fn harness() -> Harness {

@@ -204,6 +204,7 @@ pub(crate) async fn apply_crd(cluster: &TestCluster) -> anyhow::Result<()> {
             "--for=condition=Established",
             "--timeout=60s",
             "crd/certificaterequests.p12-operator.io",
+            "crd/issuancepolicies.p12-operator.io",
         ])
         .output()?;
     if !out.status.success() {
@@ -212,8 +213,39 @@ pub(crate) async fn apply_crd(cluster: &TestCluster) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The requests name Services that are never created: a policy allows
+    // their names, so every pass also pays for policy evaluation.
+    let mut apply = cp
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        apply.stdin.as_mut().expect("piped stdin"),
+        BENCH_POLICY.as_bytes(),
+    )?;
+    let out = apply.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "IssuancePolicy apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
+
+/// Allows every benchmark request: the Service names of its own namespace,
+/// whether or not the Service exists.
+const BENCH_POLICY: &str = r#"apiVersion: p12-operator.io/v1alpha1
+kind: IssuancePolicy
+metadata: {name: bench}
+spec:
+  namespaces: {selector: {}}
+  allow:
+    dnsNames: ['*.{namespace}.svc', '*.{namespace}.svc.cluster.local']
+"#;
 
 pub(crate) async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let ns = Namespace {

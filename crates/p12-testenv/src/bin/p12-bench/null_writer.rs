@@ -30,7 +30,7 @@ fn data_sizes(args: &Args) -> anyhow::Result<Vec<(String, usize)>> {
             ],
             ..Default::default()
         },
-        usages: vec![Usage::ServerAuth, Usage::ClientAuth],
+        usages: vec![Usage::ServerAuth],
         duration: Duration::from_secs(90 * 86400),
     };
     let key = PrivateKey::generate(algorithm)?;
