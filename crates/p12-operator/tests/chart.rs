@@ -148,7 +148,7 @@ fn verbs_on(rules: &[PolicyRule], group: &str, resource: &str) -> Vec<String> {
 /// Every optional part switched on, so lint and render see every template branch.
 const EVERYTHING_ON: &str = "replicas=2,leaderElection.enabled=true,admin.enabled=true,metrics.serviceMonitor.enabled=true,\
 networkPolicy.enabled=true,networkPolicy.apiServer.cidrs={10.0.0.1/32},watchNamespace=shop,ca.existingSecret=corp-ca,\
-policy.denyWildcards=true,policy.denyIpSans=true,podAnnotations.a=b,nodeSelector.kubernetes\\.io/os=linux,priorityClassName=high";
+policy.denyWildcards=true,policy.denyIpSans=true,probes.podCIDRs={10.244.0.0/16},podAnnotations.a=b,nodeSelector.kubernetes\\.io/os=linux,priorityClassName=high";
 
 #[test]
 fn the_chart_passes_helm_lint_strict_with_defaults_and_with_every_option_on() {
@@ -429,11 +429,16 @@ fn the_image_runs_the_binary_the_chart_calls_as_the_user_the_chart_names() {
 fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
     let docs = render(&[]);
     let rules = rules_of(the_one(&docs, "ClusterRole"));
-    assert!(
-        objects(&docs, "Role").is_empty(),
-        "leader election is off, so no Lease Role"
+    let probes = the_one(&docs, "Role");
+    assert_eq!(
+        (
+            probes["metadata"]["name"].as_str(),
+            probes["metadata"]["namespace"].as_str()
+        ),
+        (Some("p12-operator-probes"), Some(NAMESPACE)),
+        "leader election is off: the only Role is the probe pods', in the release namespace"
     );
-    for r in &rules {
+    for r in rules.iter().chain(&rules_of(probes)) {
         let all = [
             r.api_groups.clone().unwrap_or_default(),
             r.resources.clone().unwrap_or_default(),
@@ -458,10 +463,14 @@ fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
         verbs_on(&rules, "events.k8s.io", "events"),
         ["create", "patch"]
     );
+    assert!(
+        verbs_on(&rules, "", "pods").is_empty(),
+        "no verb on pods cluster-wide"
+    );
     assert_eq!(
-        verbs_on(&rules, "", "pods"),
+        verbs_on(&rules_of(probes), "", "pods"),
         ["create", "get", "list", "watch", "delete"],
-        "probe pods"
+        "probe pods, in the release namespace only"
     );
     for resource in [
         "namespaces",
@@ -486,10 +495,14 @@ fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
 }
 
 #[test]
-fn without_probes_the_operator_may_watch_pods_but_not_create_them() {
+fn without_probes_the_operator_gets_no_verb_on_pods() {
     let docs = render(&["probes.enabled=false"]);
     let rules = rules_of(the_one(&docs, "ClusterRole"));
-    assert_eq!(verbs_on(&rules, "", "pods"), ["get", "list", "watch"]);
+    assert!(verbs_on(&rules, "", "pods").is_empty());
+    assert!(
+        objects(&docs, "Role").is_empty(),
+        "no probe Role (and no Lease Role)"
+    );
     assert!(
         verbs_on(&rules, "", "services").is_empty(),
         "no probed Services to read"
@@ -498,6 +511,79 @@ fn without_probes_the_operator_may_watch_pods_but_not_create_them() {
     assert!(
         args.contains(&"--disable-probes".to_string())
             && !args.iter().any(|a| a.starts_with("--probe-grace")),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn pods_and_network_policies_are_granted_only_in_the_release_namespace() {
+    for sets in [
+        &[][..],
+        &["networkPolicy.enabled=true"],
+        &["watchNamespace=shop", "networkPolicy.enabled=true"],
+        &["leaderElection.enabled=true"],
+    ] {
+        let docs = render(sets);
+        let namespaced: Vec<(String, Vec<PolicyRule>)> = objects(&docs, "Role")
+            .into_iter()
+            .map(|r| {
+                (
+                    r["metadata"]["namespace"].as_str().unwrap().to_string(),
+                    rules_of(r),
+                )
+            })
+            .collect();
+        let cluster: Vec<PolicyRule> = objects(&docs, "ClusterRole")
+            .into_iter()
+            .flat_map(rules_of)
+            .collect();
+        let everywhere = std::iter::once((String::from("*cluster*"), cluster)).chain(namespaced);
+        let mut granted = Vec::new();
+        for (ns, rules) in everywhere {
+            for (group, resource) in [("", "pods"), ("networking.k8s.io", "networkpolicies")] {
+                let verbs = verbs_on(&rules, group, resource);
+                if !verbs.is_empty() {
+                    granted.push((ns.clone(), resource, verbs));
+                }
+            }
+        }
+        assert!(
+            granted.iter().all(|(ns, ..)| ns == NAMESPACE),
+            "{sets:?}: {granted:?}"
+        );
+        assert!(
+            granted
+                .iter()
+                .any(|(_, r, v)| *r == "pods" && v.contains(&"create".to_string())),
+            "{sets:?}: probe pods can be created in the release namespace"
+        );
+        assert_eq!(
+            granted.iter().any(|(_, r, _)| *r == "networkpolicies"),
+            sets.contains(&"networkPolicy.enabled=true"),
+            "{sets:?}"
+        );
+    }
+    // With watchNamespace, the API server's addresses are read by name only.
+    let docs = render(&["watchNamespace=shop"]);
+    let addresses = objects(&docs, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == "default")
+        .expect("a Role in default");
+    for rule in rules_of(addresses) {
+        assert_eq!(rule.verbs, ["get"]);
+        assert_eq!(rule.resource_names.unwrap(), ["kubernetes"]);
+    }
+}
+
+#[test]
+fn pod_cidrs_reach_the_operator_as_one_flag() {
+    let none = args_of(&deployment(&render(&[])));
+    assert!(!none.iter().any(|a| a.starts_with("--pod-cidr")), "{none:?}");
+    let args = args_of(&deployment(&render(&[
+        "probes.podCIDRs={10.244.0.0/16,fd00:10:244::/56}",
+    ])));
+    assert!(
+        args.contains(&"--pod-cidr=10.244.0.0/16,fd00:10:244::/56".to_string()),
         "{args:?}"
     );
 }
@@ -988,6 +1074,13 @@ async fn helm_install_issues_with_only_the_charts_rbac_and_upgrade_and_uninstall
     assert!(
         service_account_can("create", "secrets", &shop)
             && !service_account_can("delete", "secrets", &shop)
+    );
+    assert!(
+        service_account_can("create", "pods", NAMESPACE)
+            && !service_account_can("create", "pods", &shop)
+            && !service_account_can("create", "pods", "kube-system")
+            && !service_account_can("delete", "pods", &shop),
+        "probe pods may be created in the release namespace only"
     );
     apply(&shop, &request("web"));
     let web = ready(&client, &shop, "web").await;

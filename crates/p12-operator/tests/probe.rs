@@ -248,11 +248,13 @@ impl Drop for JavaServer {
     }
 }
 
-/// A Service without a selector and an EndpointSlice pointing at `ips`:`target`.
+/// A Service without a selector and an EndpointSlice pointing at `ips`:`target`,
+/// each named as a Pod of `ns` (as the EndpointSlice controller names them).
 fn service(ns: &str, name: &str, ips: &[IpAddr], target: u16) {
     let addresses: Vec<String> = ips
         .iter()
-        .map(|ip| format!("{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}"))
+        .enumerate()
+        .map(|(i, ip)| format!("{{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, namespace: {ns}, name: {name}-{i}}}}}"))
         .collect();
     let endpoints = if ips.is_empty() {
         String::from("[]")
@@ -282,8 +284,9 @@ fn request(ns: &str, name: &str, service: &str) {
     );
 }
 
-/// The first object with the probe label that a watch sees, from now on.
-fn first_seen<K>(api: Api<K>) -> tokio::sync::oneshot::Receiver<K>
+/// The first object with the probe label, working for a request of `ns`, that
+/// a watch of the operator's namespace sees, from now on.
+fn first_seen<K>(api: Api<K>, ns: &str) -> tokio::sync::oneshot::Receiver<K>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
@@ -291,9 +294,9 @@ where
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let selector = probe_selector(ns);
     tokio::spawn(async move {
-        let cfg =
-            kube::runtime::watcher::Config::default().labels("app.kubernetes.io/component=probe");
+        let cfg = kube::runtime::watcher::Config::default().labels(&selector);
         let mut stream = kube::runtime::watcher(api, cfg).applied_objects().boxed();
         while let Some(item) = stream.next().await {
             if let Ok(obj) = item {
@@ -303,6 +306,35 @@ where
         }
     });
     rx
+}
+
+/// The label selector of the probe pods working for requests of `ns`.
+fn probe_selector(ns: &str) -> String {
+    format!("app.kubernetes.io/component=probe,p12-operator.io/request-namespace={ns}")
+}
+
+/// Probe pods run in the operator's namespace, never in the request's.
+fn probe_pods(client: &Client) -> Api<Pod> {
+    Api::namespaced(client.clone(), &operator().namespace)
+}
+
+/// Waits until no probe pod works for a request of `ns` any more.
+async fn no_probe_pods_left(client: &Client, ns: &str) {
+    let pods = probe_pods(client);
+    let lp = ListParams::default().labels(&probe_selector(ns));
+    eventually(WAIT, "probe pods to be deleted", || {
+        let (pods, lp) = (pods.clone(), lp.clone());
+        async move { pods.list(&lp).await.ok()?.items.is_empty().then_some(()) }
+    })
+    .await;
+    let in_request_ns = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=probe"))
+        .await
+        .unwrap();
+    assert!(
+        in_request_ns.items.is_empty(),
+        "no probe pod in the request's namespace"
+    );
 }
 
 async fn ready_secret(client: &Client, ns: &str, name: &str) -> Secret {
@@ -370,16 +402,18 @@ async fn rust_and_java_servers_are_verified_and_a_stale_one_is_caught_per_endpoi
     let java = JavaServer::start(&java_dir, &first, java_ip.into(), 8443);
     // A probe pod can live for well under a second: watch, from before the
     // Service exists, for the first probe pod and its NetworkPolicy.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let first_pod = first_seen(pods.clone());
+    let first_pod = first_seen(probe_pods(&client), &ns);
     let first_policy = first_seen(
-        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns),
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+            client.clone(),
+            &operator().namespace,
+        ),
+        &ns,
     );
     tokio::time::sleep(Duration::from_millis(500)).await; // let both watches list first
     service(&ns, "web", &[rust_ip.into(), java_ip.into()], 8443);
 
     // Catch a probe pod while it exists, to check how it is built.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let probe_pod = tokio::time::timeout(WAIT, first_pod)
         .await
         .expect("a probe pod within the wait")
@@ -423,7 +457,26 @@ async fn rust_and_java_servers_are_verified_and_a_stale_one_is_caught_per_endpoi
             .unwrap()
             .contains_key("memory")
     );
-    assert_eq!(probe_pod.owner_references()[0].name, "web");
+    // In the operator's namespace, labelled with its request (no ownerReference
+    // can cross namespaces).
+    assert_eq!(
+        probe_pod.namespace().as_deref(),
+        Some(operator().namespace.as_str())
+    );
+    let request_uid = Api::<CertificateRequest>::namespaced(client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    assert_eq!(
+        probe_pod.labels()["p12-operator.io/request-uid"],
+        request_uid
+    );
+    assert_eq!(
+        probe_pod.annotations()["p12-operator.io/request"],
+        format!("{ns}/web")
+    );
     // Its NetworkPolicy lets it reach the probed endpoints and nothing else.
     let pspec = policy.spec.unwrap();
     assert_eq!(
@@ -473,18 +526,7 @@ async fn rust_and_java_servers_are_verified_and_a_stale_one_is_caught_per_endpoi
             e.tls_version.is_some() && e.cipher_suite.is_some() && e.handshake_millis.is_some()
         );
     }
-    eventually(WAIT, "probe pods to be deleted", || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default().labels("app.kubernetes.io/component=probe"))
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        }
-    })
-    .await;
+    no_probe_pods_left(&client, &ns).await;
 
     // Renew; the Rust server reloads at once, the Java one keeps the old certificate.
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), &ns);
@@ -619,26 +661,14 @@ async fn each_failure_is_named_for_what_the_endpoint_did() {
             .message;
         if name != "empty" {
             assert!(
-                msg.contains(&format!(":8443: {reason}")),
+                msg.contains(&format!(":8443 (pod {name}-0): {reason}")),
                 "{name}: the message names the endpoint: {msg}"
             );
         }
     }
 
     // Failed probe pods are removed too: none pile up.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    eventually(WAIT, "no probe pods left", || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default().labels("app.kubernetes.io/component=probe"))
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        }
-    })
-    .await;
+    no_probe_pods_left(&client, &ns).await;
     let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
@@ -706,7 +736,7 @@ async fn every_one_of_25_endpoints_is_probed_and_one_stale_endpoint_fails_verifi
     let message = verified_condition(&cr);
     assert!(
         message.starts_with(&format!(
-            "1 of 25 endpoints fail: {}:8443: StaleCertificate",
+            "1 of 25 endpoints fail: {}:8443 (pod many-24): StaleCertificate",
             ips[24]
         )),
         "{message}"
@@ -755,7 +785,7 @@ async fn a_service_whose_only_port_is_unnamed_is_probed() {
     // The most common shape: `port: 443, targetPort: 8443`, no port name; the
     // EndpointSlice's port has no name either.
     let yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: plain}}\nspec: {{ports: [{{port: 443, targetPort: 8443}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: plain-1, labels: {{kubernetes.io/service-name: plain}}}}\naddressType: IPv4\nports: [{{port: 8443, protocol: TCP}}]\nendpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: plain}}\nspec: {{ports: [{{port: 443, targetPort: 8443}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: plain-1, labels: {{kubernetes.io/service-name: plain}}}}\naddressType: IPv4\nports: [{{port: 8443, protocol: TCP}}]\nendpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: plain-0}}}}]\n"
     );
     let out = kubectl_apply(&yaml, &ns);
     assert!(
@@ -768,4 +798,76 @@ async fn a_service_whose_only_port_is_unnamed_is_probed() {
         verified_condition(&cr),
         "all 1 endpoints serve the issued certificate"
     );
+}
+
+#[tokio::test]
+async fn hostile_endpoints_are_refused_with_a_reason_and_only_the_pod_of_the_namespace_is_probed() {
+    operator();
+    let client = cluster().client().await.unwrap();
+    let ns = restricted_namespace(&client, "hostile").await;
+    request(&ns, "web", "web");
+    let secret = ready_secret(&client, &ns, "web").await;
+    let good: IpAddr = net().add_host().unwrap().into();
+    RustServer::start(SocketAddr::new(good, 8443), config_from_secret(&secret));
+    // A TLS server that would verify, had its entry not been forged.
+    let unnamed: IpAddr = net().add_host().unwrap().into();
+    RustServer::start(SocketAddr::new(unnamed, 8443), config_from_secret(&secret));
+    let api_server =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
+            .get("kubernetes")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .cluster_ip
+            .unwrap();
+    let pod = |ip: &str, pod_ns: &str| {
+        format!(
+            "{{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, namespace: {pod_ns}, name: web-0}}}}"
+        )
+    };
+    let entries = [
+        pod(&good.to_string(), &ns),
+        pod(&api_server, &ns),
+        format!("{{addresses: [\"{unnamed}\"], conditions: {{ready: true}}}}"),
+        pod("10.213.255.254", "kube-system"),
+    ];
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{ports: [{{name: https, port: 443, targetPort: 8443}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: https, port: 8443, protocol: TCP}}]\nendpoints: [{}]\n",
+        entries.join(", ")
+    );
+    let out = kubectl_apply(&yaml, &ns);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cr = verified(&client, &ns, "web", "False", "EndpointRefused").await;
+    let endpoints = cr.status.unwrap().probe.unwrap().endpoints;
+    // (The API server itself rejects loopback and link-local addresses in an
+    // EndpointSlice; the operator refuses them too, see the unit tests.)
+    assert_eq!(endpoints.len(), 4, "{endpoints:?}");
+    let find = |ip: &str| {
+        endpoints
+            .iter()
+            .find(|e| e.address == format!("{ip}:8443"))
+            .unwrap_or_else(|| panic!("{ip} in {endpoints:?}"))
+    };
+    let probed = find(&good.to_string());
+    assert!(probed.verified && probed.matches_issued, "{probed:?}");
+    for (ip, why) in [
+        (api_server.as_str(), "API server"),
+        (&unnamed.to_string(), "no targetRef to a Pod"),
+        ("10.213.255.254", "another namespace"),
+    ] {
+        let e = find(ip);
+        assert_eq!(e.reason, "EndpointRefused", "{e:?}");
+        assert!(e.message.contains(why), "{ip}: {}", e.message);
+        assert!(
+            e.served_fingerprint_sha256.is_none() && e.tls_version.is_none(),
+            "a refused endpoint is never connected to: {e:?}"
+        );
+    }
+    no_probe_pods_left(&client, &ns).await;
 }
