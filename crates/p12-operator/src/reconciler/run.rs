@@ -412,9 +412,9 @@ async fn sweep_probe_pods(
         // Until both caches are filled, a missing request or pod means nothing.
         let ready = futures::future::join(requests.wait_until_ready(), pods.wait_until_ready());
         let ready = tokio::time::timeout(SWEEP_INTERVAL, ready).await;
-        tick.tick().await;
         if !matches!(ready, Ok((Ok(()), Ok(())))) || ctx.leadership.check().is_err() {
             tracing::debug!("probe pod sweep skipped: caches not filled or not the leader");
+            tick.tick().await;
             continue;
         }
         match probe::sweep(&ctx, &requests).await {
@@ -422,6 +422,7 @@ async fn sweep_probe_pods(
             Ok(n) => tracing::info!(deleted = n, "swept probe pods whose request is gone"),
             Err(e) => tracing::warn!(error = %e, "failed to sweep probe pods"),
         }
+        tick.tick().await;
     }
 }
 
