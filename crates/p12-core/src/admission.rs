@@ -44,7 +44,8 @@ impl Default for Settings {
     }
 }
 
-/// An address range, `10.20.0.0/16` or a single address.
+/// An address range, `10.20.0.0/16`, or a single address (a /32 or /128).
+/// An IPv4-mapped IPv6 address is in the ranges of the IPv4 address it maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpRange {
     net: IpAddr,
@@ -87,6 +88,14 @@ impl IpRange {
         }
         let shift = width - self.prefix;
         net >> shift == addr >> shift
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        IpRange::parse(s.trim())
     }
 }
 
@@ -154,11 +163,7 @@ impl CompiledPolicy {
                 .collect::<Vec<_>>()
         };
         let ip_ranges = ranges(&allow.ip_ranges, "ipRanges", &mut note);
-        let probe_ranges = ranges(
-            &allow.probe_address_ranges,
-            "probeAddressRanges",
-            &mut note,
-        );
+        let probe_ranges = ranges(&allow.probe_address_ranges, "probeAddressRanges", &mut note);
         let mut parse_duration = |text: &Option<String>, field: &str| {
             text.as_deref().and_then(|t| {
                 duration::parse(t)

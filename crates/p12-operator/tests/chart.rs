@@ -101,6 +101,13 @@ fn the_one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// The object of `kind` named `name`.
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
 fn deployment(docs: &[Value]) -> Deployment {
     serde_json::from_value(the_one(docs, "Deployment").clone())
         .expect("the Deployment is a valid apps/v1 Deployment")
@@ -261,15 +268,17 @@ fn combinations_the_schema_cannot_express_fail_with_what_to_change() {
 }
 
 #[test]
-fn the_charts_crd_is_a_byte_copy_of_the_generated_crd() {
-    let generated =
-        std::fs::read(repo().join("crds/p12-operator.io_certificaterequests.yaml")).unwrap();
-    let in_chart =
-        std::fs::read(repo().join("charts/p12-operator/crds/certificaterequests.yaml")).unwrap();
-    assert!(
-        generated == in_chart,
-        "charts/p12-operator/crds/certificaterequests.yaml differs from crds/; regenerate it with:\n  scripts/render-deploy"
-    );
+fn the_charts_crds_are_byte_copies_of_the_generated_crds() {
+    for plural in p12_operator::api::CRDS {
+        let generated =
+            std::fs::read(repo().join(format!("crds/p12-operator.io_{plural}.yaml"))).unwrap();
+        let in_chart =
+            std::fs::read(repo().join(format!("charts/p12-operator/crds/{plural}.yaml"))).unwrap();
+        assert!(
+            generated == in_chart,
+            "charts/p12-operator/crds/{plural}.yaml differs from crds/; regenerate it with:\n  scripts/render-deploy"
+        );
+    }
 }
 
 #[test]
@@ -304,14 +313,17 @@ fn the_deploy_manifest_is_a_fresh_render_of_the_chart() {
         docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "restricted"
     );
-    assert_eq!(
-        docs[1]["kind"], "CustomResourceDefinition",
-        "the CRD comes right after the Namespace"
-    );
-    for d in &docs[2..] {
+    let crds = p12_operator::api::CRDS.len();
+    for d in &docs[1..=crds] {
+        assert_eq!(
+            d["kind"], "CustomResourceDefinition",
+            "the CRDs come right after the Namespace"
+        );
+    }
+    for d in &docs[1 + crds..] {
         let cluster_scoped = matches!(
             d["kind"].as_str(),
-            Some("ClusterRole" | "ClusterRoleBinding")
+            Some("ClusterRole" | "ClusterRoleBinding" | "IssuancePolicy")
         );
         let ns = d["metadata"]["namespace"].as_str();
         assert!(
@@ -428,7 +440,7 @@ fn the_image_runs_the_binary_the_chart_calls_as_the_user_the_chart_names() {
 #[test]
 fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
     let docs = render(&[]);
-    let rules = rules_of(the_one(&docs, "ClusterRole"));
+    let rules = rules_of(named(&docs, "ClusterRole", "p12-operator"));
     let probes = the_one(&docs, "Role");
     assert_eq!(
         (
@@ -489,7 +501,7 @@ fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
             "nothing on {resource}"
         );
     }
-    let binding = the_one(&docs, "ClusterRoleBinding");
+    let binding = named(&docs, "ClusterRoleBinding", "p12-operator");
     assert_eq!(binding["subjects"][0]["name"], "p12-operator");
     assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
 }
@@ -497,7 +509,7 @@ fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
 #[test]
 fn without_probes_the_operator_gets_no_verb_on_pods() {
     let docs = render(&["probes.enabled=false"]);
-    let rules = rules_of(the_one(&docs, "ClusterRole"));
+    let rules = rules_of(named(&docs, "ClusterRole", "p12-operator"));
     assert!(verbs_on(&rules, "", "pods").is_empty());
     assert!(
         objects(&docs, "Role").is_empty(),
@@ -578,7 +590,10 @@ fn pods_and_network_policies_are_granted_only_in_the_release_namespace() {
 #[test]
 fn pod_cidrs_reach_the_operator_as_one_flag() {
     let none = args_of(&deployment(&render(&[])));
-    assert!(!none.iter().any(|a| a.starts_with("--pod-cidr")), "{none:?}");
+    assert!(
+        !none.iter().any(|a| a.starts_with("--pod-cidr")),
+        "{none:?}"
+    );
     let args = args_of(&deployment(&render(&[
         "probes.podCIDRs={10.244.0.0/16,fd00:10:244::/56}",
     ])));
@@ -671,15 +686,21 @@ fn admin_endpoints_and_leader_election_follow_their_switches() {
 
 #[test]
 fn watch_namespace_swaps_the_cluster_role_for_roles_in_two_namespaces() {
-    let default_rules = rules_of(the_one(&render(&[]), "ClusterRole"));
+    let default_rules = rules_of(named(&render(&[]), "ClusterRole", "p12-operator"));
     let docs = render(&["watchNamespace=shop"]);
-    assert!(
-        objects(&docs, "ClusterRole").is_empty() && objects(&docs, "ClusterRoleBinding").is_empty()
+    let cluster_roles: Vec<&str> = objects(&docs, "ClusterRole")
+        .iter()
+        .filter_map(|r| r["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        cluster_roles,
+        ["p12-operator-policy"],
+        "only the policy inputs (cluster-scoped) stay cluster-wide"
     );
     let roles = objects(&docs, "Role");
     let watched = roles
         .iter()
-        .find(|r| r["metadata"]["namespace"] == "shop")
+        .find(|r| r["metadata"]["namespace"] == "shop" && r["metadata"]["name"] == "p12-operator")
         .expect("a Role in the watched namespace");
     assert_eq!(
         rules_of(watched),
@@ -692,6 +713,88 @@ fn watch_namespace_swaps_the_cluster_role_for_roles_in_two_namespaces() {
         .expect("a Role for the CA Secret");
     assert_eq!(ca["rules"][0]["resourceNames"][0], "p12-operator-ca");
     assert!(args_of(&deployment(&docs)).contains(&"--watch-namespace=shop".to_string()));
+}
+
+#[test]
+fn policy_inputs_are_read_only_and_services_are_read_only_where_requests_are_watched() {
+    let read = ["get", "list", "watch"];
+    let docs = render(&[]);
+    let rules = rules_of(named(&docs, "ClusterRole", "p12-operator-policy"));
+    assert_eq!(
+        verbs_on(&rules, "p12-operator.io", "issuancepolicies"),
+        read
+    );
+    assert_eq!(verbs_on(&rules, "", "namespaces"), read);
+    assert_eq!(verbs_on(&rules, "", "services"), ["list", "watch"]);
+    assert_eq!(rules.len(), 3, "nothing else: {rules:?}");
+    let binding = named(&docs, "ClusterRoleBinding", "p12-operator-policy");
+    assert_eq!(binding["subjects"][0]["name"], "p12-operator");
+    let args = args_of(&deployment(&docs));
+    for flag in ["--default-policy=true", "--cluster-domain=cluster.local"] {
+        assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+    }
+
+    // Services are not read at all when their existence is not checked.
+    let docs = render(&[
+        "policy.allowUnknownServices=true",
+        "policy.builtinDefault=false",
+    ]);
+    let rules = rules_of(named(&docs, "ClusterRole", "p12-operator-policy"));
+    assert!(verbs_on(&rules, "", "services").is_empty());
+    let args = args_of(&deployment(&docs));
+    assert!(
+        args.contains(&"--allow-unknown-services".to_string())
+            && args.contains(&"--default-policy=false".to_string()),
+        "{args:?}"
+    );
+
+    // With watchNamespace, Services only there.
+    let docs = render(&["watchNamespace=shop"]);
+    let rules = rules_of(named(&docs, "ClusterRole", "p12-operator-policy"));
+    assert!(verbs_on(&rules, "", "services").is_empty());
+    let services = named(&docs, "Role", "p12-operator-services");
+    assert_eq!(services["metadata"]["namespace"], "shop");
+    assert_eq!(
+        verbs_on(&rules_of(services), "", "services"),
+        ["list", "watch"]
+    );
+}
+
+#[test]
+fn issuance_policies_from_values_are_rendered_as_they_were_given() {
+    let values = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        values.path(),
+        "policy:\n  issuancePolicies:\n  - name: shop-external\n    spec:\n      namespaces: {selector: {matchLabels: {team: shop}}}\n      allow: {dnsNames: ['*.shop.example.com'], usages: [serverAuth, clientAuth]}\n",
+    )
+    .unwrap();
+    let chart = chart();
+    let values_arg = format!("--values={}", values.path().display());
+    let yaml = succeed(
+        offline_helm(&[
+            "template",
+            RELEASE,
+            chart.as_str(),
+            "--namespace",
+            NAMESPACE,
+            &values_arg,
+        ]),
+        "helm template with policy.issuancePolicies",
+    );
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let policy = the_one(&docs, "IssuancePolicy");
+    assert_eq!(policy["metadata"]["name"], "shop-external");
+    let spec: p12_operator::api::IssuancePolicySpec =
+        serde_json::from_value(policy["spec"].clone()).expect("a valid IssuancePolicy spec");
+    assert_eq!(spec.allow.dns_names, ["*.shop.example.com"]);
+    assert_eq!(
+        spec.namespaces.selector.unwrap().match_labels.unwrap()["team"],
+        "shop"
+    );
+    assert!(
+        objects(&render(&[]), "IssuancePolicy").is_empty(),
+        "none by default"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -960,9 +1063,11 @@ fn operator_log(pod: &Pod) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn request(name: &str) -> String {
+/// A Service `name` in `ns` and a request for its name, which the built-in
+/// default policy allows (the operator reads Services with the chart's RBAC).
+fn request(ns: &str, name: &str) -> String {
     format!(
-        "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata:\n  name: {name}\nspec:\n  secretName: {name}-tls\n  dnsNames: [{name}.example.svc]\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 443}}]\n---\napiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata:\n  name: {name}\nspec:\n  secretName: {name}-tls\n  dnsNames: [{name}.{ns}.svc]\n"
     )
 }
 
@@ -1082,7 +1187,7 @@ async fn helm_install_issues_with_only_the_charts_rbac_and_upgrade_and_uninstall
             && !service_account_can("delete", "pods", &shop),
         "probe pods may be created in the release namespace only"
     );
-    apply(&shop, &request("web"));
+    apply(&shop, &request(&shop, "web"));
     let web = ready(&client, &shop, "web").await;
     let secret = Api::<Secret>::namespaced(client.clone(), &shop)
         .get("web-tls")
@@ -1136,7 +1241,7 @@ async fn helm_install_issues_with_only_the_charts_rbac_and_upgrade_and_uninstall
             .then_some(())
     })
     .await;
-    apply(&shop, &request("api"));
+    apply(&shop, &request(&shop, "api"));
     ready(&client, &shop, "api").await;
     let crs: Api<CertificateRequest> = Api::namespaced(client.clone(), &shop);
     assert_eq!(
@@ -1196,7 +1301,7 @@ async fn without_create_on_secrets_issuance_fails_with_a_forbidden_error_and_rec
     let _install = Installed::helm(&[]);
     let pod = operator_pod(&client, |_| true).await;
     let shop = cluster().namespace(&client, "chart-rbac").await.unwrap();
-    apply(&shop, &request("before"));
+    apply(&shop, &request(&shop, "before"));
     ready(&client, &shop, "before").await;
 
     // Drop `create` from the ClusterRole's Secret rule.
@@ -1223,7 +1328,7 @@ async fn without_create_on_secrets_issuance_fails_with_a_forbidden_error_and_rec
     })
     .await;
 
-    apply(&shop, &request("after"));
+    apply(&shop, &request(&shop, "after"));
     let forbidden = format!(r#"User "{SERVICE_ACCOUNT}" cannot create resource "secrets""#);
     let line = eventually(WAIT, "the operator to log the forbidden create", || {
         let log = operator_log(&pod);
@@ -1303,7 +1408,7 @@ async fn kubectl_apply_of_the_deploy_manifest_issues_and_its_labelled_delete_lea
     let mut install = Installed::manifests();
     operator_pod(&client, |_| true).await;
     let shop = cluster().namespace(&client, "chart-deploy").await.unwrap();
-    apply(&shop, &request("web"));
+    apply(&shop, &request(&shop, "web"));
     ready(&client, &shop, "web").await;
 
     let out = install.remove();
@@ -1353,7 +1458,7 @@ async fn with_watch_namespace_and_leader_election_the_operator_issues_with_names
         args.contains(&format!("--watch-namespace={shop}"))
     })
     .await;
-    apply(&shop, &request("web"));
+    apply(&shop, &request(&shop, "web"));
     ready(&client, &shop, "web").await;
     // It issued as the leader, holding the Lease under its pod name (POD_NAME).
     let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);

@@ -170,13 +170,41 @@ async fn a_tenant_gets_its_own_services_names_and_nothing_of_another_team_the_ap
     issued(&alice, &a, "web").await;
 
     let hostile = [
-        ("other-team", format!("  dnsNames: [payments.{b}.svc]\n"), format!(r#"dnsNames[0] "payments.{b}.svc""#)),
-        ("api-server", "  dnsNames: [kubernetes.default.svc]\n".to_string(), r#"dnsNames[0] "kubernetes.default.svc""#.to_string()),
-        ("wildcard", format!("  dnsNames: ['*.{a}.svc']\n"), format!(r#"dnsNames[0] "*.{a}.svc""#)),
-        ("external", "  dnsNames: [shop.example.com]\n".to_string(), r#"dnsNames[0] "shop.example.com""#.to_string()),
-        ("client", format!("  dnsNames: [web.{a}.svc]\n  usages: [serverAuth, clientAuth]\n"), r#"usages "clientAuth""#.to_string()),
-        ("address", format!("  dnsNames: [web.{a}.svc]\n  ipAddresses: [10.0.0.1]\n"), r#"ipAddresses[0] "10.0.0.1""#.to_string()),
-        ("no-service", format!("  dnsNames: [ghost.{a}.svc]\n"), format!(r#"dnsNames[0] "ghost.{a}.svc""#)),
+        (
+            "other-team",
+            format!("  dnsNames: [payments.{b}.svc]\n"),
+            format!(r#"dnsNames[0] "payments.{b}.svc""#),
+        ),
+        (
+            "api-server",
+            "  dnsNames: [kubernetes.default.svc]\n".to_string(),
+            r#"dnsNames[0] "kubernetes.default.svc""#.to_string(),
+        ),
+        (
+            "wildcard",
+            format!("  dnsNames: ['*.{a}.svc']\n"),
+            format!(r#"dnsNames[0] "*.{a}.svc""#),
+        ),
+        (
+            "external",
+            "  dnsNames: [shop.example.com]\n".to_string(),
+            r#"dnsNames[0] "shop.example.com""#.to_string(),
+        ),
+        (
+            "client",
+            format!("  dnsNames: [web.{a}.svc]\n  usages: [serverAuth, clientAuth]\n"),
+            r#"usages "clientAuth""#.to_string(),
+        ),
+        (
+            "address",
+            format!("  dnsNames: [web.{a}.svc]\n  ipAddresses: [10.0.0.1]\n"),
+            r#"ipAddresses[0] "10.0.0.1""#.to_string(),
+        ),
+        (
+            "no-service",
+            format!("  dnsNames: [ghost.{a}.svc]\n"),
+            format!(r#"dnsNames[0] "ghost.{a}.svc""#),
+        ),
     ];
     for (name, spec, _) in &hostile {
         request(&alice, &a, name, spec).await;
@@ -208,9 +236,21 @@ spec:
 "#
     );
     apply("default", &policy);
-    request(&tenant, &shop, "api", "  dnsNames: [api.shop.example.com]\n  usages: [serverAuth, clientAuth]\n").await;
+    request(
+        &tenant,
+        &shop,
+        "api",
+        "  dnsNames: [api.shop.example.com]\n  usages: [serverAuth, clientAuth]\n",
+    )
+    .await;
     // Not yet: the namespace does not carry the label.
-    refused(&tenant, &shop, "api", r#"dnsNames[0] "api.shop.example.com""#).await;
+    refused(
+        &tenant,
+        &shop,
+        "api",
+        r#"dnsNames[0] "api.shop.example.com""#,
+    )
+    .await;
 
     let labelled = serde_json::json!({"metadata": {"labels": {"team": shop}}});
     Api::<Namespace>::all(admin.clone())
@@ -219,8 +259,20 @@ spec:
         .unwrap();
     issued(&tenant, &shop, "api").await;
 
-    request(&tenant, &shop, "deeper", "  dnsNames: [a.b.shop.example.com]\n").await;
-    let message = refused(&tenant, &shop, "deeper", r#"dnsNames[0] "a.b.shop.example.com""#).await;
+    request(
+        &tenant,
+        &shop,
+        "deeper",
+        "  dnsNames: [a.b.shop.example.com]\n",
+    )
+    .await;
+    let message = refused(
+        &tenant,
+        &shop,
+        "deeper",
+        r#"dnsNames[0] "a.b.shop.example.com""#,
+    )
+    .await;
     assert!(
         message.contains(&format!("IssuancePolicy shop-external-{shop}"))
             && message.contains("*.shop.example.com"),
@@ -237,7 +289,10 @@ spec:
         .create(&PostParams::default(), &own)
         .await
         .expect_err("a tenant may not create an IssuancePolicy");
-    assert!(matches!(err, kube::Error::Api(ref e) if e.code == 403), "{err}");
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 403),
+        "{err}"
+    );
 
     // The label goes: the issued certificate stays, but is no longer renewed.
     let unlabelled = serde_json::json!({"metadata": {"labels": {"team": null}}});
@@ -245,8 +300,7 @@ spec:
         .patch(&shop, &PatchParams::default(), &Patch::Merge(&unlabelled))
         .await
         .unwrap();
-    let (status, _, message) =
-        ready_condition(&tenant, &shop, "api", &["PolicyViolation"]).await;
+    let (status, _, message) = ready_condition(&tenant, &shop, "api", &["PolicyViolation"]).await;
     assert_eq!(status, "False");
     assert!(
         message.contains("stays in Secret api-tls until it expires"),

@@ -63,7 +63,10 @@ fn by_default_a_namespace_gets_the_names_of_its_own_services_for_serving() {
 #[test]
 fn by_default_other_namespaces_the_api_server_wildcards_and_external_names_are_refused() {
     for (names, field) in [
-        ("[payments.team-b.svc]", r#"dnsNames[0] "payments.team-b.svc""#),
+        (
+            "[payments.team-b.svc]",
+            r#"dnsNames[0] "payments.team-b.svc""#,
+        ),
         (
             "[web.team-a.svc, kubernetes.default.svc]",
             r#"dnsNames[1] "kubernetes.default.svc""#,
@@ -72,8 +75,14 @@ fn by_default_other_namespaces_the_api_server_wildcards_and_external_names_are_r
         ("['*.web.team-a.svc']", r#"dnsNames[0] "*.web.team-a.svc""#),
         ("[api.example.com]", r#"dnsNames[0] "api.example.com""#),
         ("[web.team-a]", r#"dnsNames[0] "web.team-a""#),
-        ("[a.b.web.team-a.svc]", r#"dnsNames[0] "a.b.web.team-a.svc""#),
-        ("[web.team-a.svc.evil.com]", r#"dnsNames[0] "web.team-a.svc.evil.com""#),
+        (
+            "[a.b.web.team-a.svc]",
+            r#"dnsNames[0] "a.b.web.team-a.svc""#,
+        ),
+        (
+            "[web.team-a.svc.evil.com]",
+            r#"dnsNames[0] "web.team-a.svc.evil.com""#,
+        ),
     ] {
         let r = default_only("team-a", &format!("secretName: s\ndnsNames: {names}\n"))
             .expect_err(names);
@@ -89,7 +98,10 @@ fn by_default_other_namespaces_the_api_server_wildcards_and_external_names_are_r
 #[test]
 fn by_default_client_auth_ips_uris_emails_subjects_and_long_lifetimes_are_refused() {
     for (extra, what) in [
-        ("usages: [serverAuth, clientAuth]\n", r#"usages "clientAuth""#),
+        (
+            "usages: [serverAuth, clientAuth]\n",
+            r#"usages "clientAuth""#,
+        ),
         ("ipAddresses: [10.0.0.1]\n", r#"ipAddresses[0] "10.0.0.1""#),
         ("uris: ['spiffe://x/y']\n", r#"uris[0] "spiffe://x/y""#),
         ("emailAddresses: [a@b.c]\n", r#"emailAddresses[0] "a@b.c""#),
@@ -123,7 +135,8 @@ fn by_default_client_auth_ips_uris_emails_subjects_and_long_lifetimes_are_refuse
 fn a_service_that_does_not_exist_is_named_and_allowed_only_when_unknown_services_are() {
     let r = default_only("team-a", "secretName: s\ndnsNames: [ghost.team-a.svc]\n").unwrap_err();
     assert!(
-        r.message.contains("there is no Service ghost in namespace team-a"),
+        r.message
+            .contains("there is no Service ghost in namespace team-a"),
         "{}",
         r.message
     );
@@ -296,7 +309,10 @@ fn with_the_built_in_default_off_only_policies_admit_and_they_can_narrow_keys() 
         &off,
     )
     .unwrap_err();
-    assert!(r.message.contains("no IssuancePolicy applies to namespace team-a"));
+    assert!(
+        r.message
+            .contains("no IssuancePolicy applies to namespace team-a")
+    );
     let ecdsa = policy(
         "ecdsa-only",
         "namespaces: {selector: {}}\nallow: {privateKeys: [{algorithm: ECDSA, sizes: [384]}]}\n",
@@ -313,7 +329,8 @@ fn with_the_built_in_default_off_only_policies_admit_and_they_can_narrow_keys() 
     run("{algorithm: ECDSA, size: 384}").unwrap();
     let r = run("{algorithm: RSA}").unwrap_err();
     assert!(
-        r.message.contains(r#"privateKey "RSA 2048" is not allowed: the policy allows only ECDSA 384"#),
+        r.message
+            .contains(r#"privateKey "RSA 2048" is not allowed: the policy allows only ECDSA 384"#),
         "{}",
         r.message
     );
@@ -353,8 +370,14 @@ fn label_selectors_follow_kubernetes_semantics() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
-    assert!(selector_matches(&sel, &labels(&[("team", "shop"), ("env", "prod")])));
-    assert!(!selector_matches(&sel, &labels(&[("team", "shop"), ("env", "dev")])));
+    assert!(selector_matches(
+        &sel,
+        &labels(&[("team", "shop"), ("env", "prod")])
+    ));
+    assert!(!selector_matches(
+        &sel,
+        &labels(&[("team", "shop"), ("env", "dev")])
+    ));
     assert!(!selector_matches(
         &sel,
         &labels(&[("team", "shop"), ("env", "prod"), ("frozen", "")])
@@ -373,8 +396,16 @@ fn address_ranges_contain_what_they_should() {
     let one = IpRange::parse("192.168.1.7").unwrap();
     assert!(one.contains("192.168.1.7".parse().unwrap()));
     assert!(!one.contains("192.168.1.8".parse().unwrap()));
-    assert!(IpRange::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-    assert!(IpRange::parse("fd00::/8").unwrap().contains("fdff::1".parse().unwrap()));
+    assert!(
+        IpRange::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap())
+    );
+    assert!(
+        IpRange::parse("fd00::/8")
+            .unwrap()
+            .contains("fdff::1".parse().unwrap())
+    );
     for bad in ["10.0.0.0/33", "10.0.0/8", "x", "::/129"] {
         assert!(IpRange::parse(bad).is_err(), "{bad}");
     }

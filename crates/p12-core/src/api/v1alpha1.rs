@@ -455,7 +455,9 @@ pub struct EndpointResult {
     /// The served certificate is the one currently issued.
     pub matches_issued: bool,
     /// `Verified`, or why not: `StaleCertificate`, `UntrustedChain`,
-    /// `HostnameMismatch`, `Expired`, `HandshakeFailed`, `Timeout`, `ConnectionFailed`.
+    /// `HostnameMismatch`, `Expired`, `HandshakeFailed`, `Timeout`, `ConnectionFailed`,
+    /// or `EndpointRefused` (not probed: not a Pod of this namespace, or an
+    /// address probes may not reach).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     /// Negotiated TLS version.

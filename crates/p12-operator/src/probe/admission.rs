@@ -4,67 +4,9 @@
 //! at an address that can be a Pod's, never to the API server. Pure: takes
 //! addresses and rules, returns a verdict.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
-/// An address range in CIDR notation, e.g. `10.244.0.0/16` or `fd00::/48`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpRange {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl IpRange {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        fn masked(bits: u128, width: u8, prefix: u8) -> u128 {
-            if prefix == 0 {
-                0
-            } else {
-                bits >> (width - prefix)
-            }
-        }
-        match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                masked(u32::from(n).into(), 32, self.prefix)
-                    == masked(u32::from(a).into(), 32, self.prefix)
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                masked(u128::from(n), 128, self.prefix) == masked(u128::from(a), 128, self.prefix)
-            }
-            // An IPv4-mapped IPv6 address is the IPv4 address it maps.
-            (IpAddr::V4(_), IpAddr::V6(a)) => a
-                .to_ipv4_mapped()
-                .is_some_and(|a| self.contains(IpAddr::V4(a))),
-            (IpAddr::V6(_), IpAddr::V4(_)) => false,
-        }
-    }
-}
-
-impl FromStr for IpRange {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let (ip, prefix) = s.split_once('/').ok_or_else(|| {
-            format!("{s:?} is not an address range; write it as CIDR, e.g. 10.244.0.0/16")
-        })?;
-        let network: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address range: {ip:?} is not an IP address"))?;
-        let width = if network.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= width).ok_or_else(|| {
-            format!("{s:?} is not an address range: the prefix length must be 0 to {width}")
-        })?;
-        Ok(IpRange { network, prefix })
-    }
-}
-
-impl fmt::Display for IpRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
+pub use crate::admission::IpRange;
 
 /// Parses a comma-separated list of ranges (a flag may be repeated, too).
 pub fn parse_ranges(s: &str) -> Result<Vec<IpRange>, String> {
@@ -294,7 +236,11 @@ mod tests {
         assert_eq!(r.to_string(), "10.244.0.0/16");
         let all: IpRange = "::/0".parse().unwrap();
         assert!(all.contains("fd00::1".parse().unwrap()));
-        for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "fd00::/129"] {
+        let one: IpRange = "10.0.0.7".parse().unwrap();
+        assert!(
+            one.contains("10.0.0.7".parse().unwrap()) && !one.contains("10.0.0.8".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "x/8", "fd00::/129", "10.0.0/8"] {
             assert!(bad.parse::<IpRange>().is_err(), "{bad}");
         }
         assert_eq!(parse_ranges("").unwrap(), vec![]);

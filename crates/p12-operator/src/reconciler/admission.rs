@@ -200,7 +200,9 @@ impl Admission {
             Event::Delete(s) => {
                 let ns = s.namespace().unwrap_or_default();
                 let map = listed.target();
-                let removed = map.get_mut(&ns).is_some_and(|set| set.remove(&s.name_any()));
+                let removed = map
+                    .get_mut(&ns)
+                    .is_some_and(|set| set.remove(&s.name_any()));
                 if map.get(&ns).is_some_and(HashSet::is_empty) {
                     map.remove(&ns);
                 }
@@ -298,7 +300,10 @@ mod tests {
         assert_eq!(changed, vec!["shop".to_string()]);
         assert_eq!(a.check(&cr, &plan), Verdict::Admitted);
         // A status-only update of the same Service changes nothing.
-        assert!(a.observe_service(&Event::Apply(meta(Some("shop"), "api", &[]))).is_empty());
+        assert!(
+            a.observe_service(&Event::Apply(meta(Some("shop"), "api", &[])))
+                .is_empty()
+        );
         assert_eq!(
             a.observe_service(&Event::Delete(meta(Some("shop"), "api", &[]))),
             vec!["shop".to_string()]
@@ -336,10 +341,7 @@ mod tests {
         let changed = a.observe_namespace(&Event::Apply(meta(None, "shop", &[("team", "shop")])));
         assert_eq!(changed, vec!["shop".to_string()]);
         assert_eq!(a.check(&cr, &plan), Verdict::Admitted);
-        assert!(a.observe_policy(&Event::Delete(policy(
-            "shop",
-            "namespaces: {names: [x]}\n"
-        ))));
+        assert!(a.observe_policy(&Event::Delete(policy("shop", "namespaces: {names: [x]}\n"))));
         assert!(matches!(a.check(&cr, &plan), Verdict::Refused(_)));
     }
 }

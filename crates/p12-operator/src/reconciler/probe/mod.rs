@@ -425,7 +425,7 @@ pub async fn step(
         &spec.service.name,
         spec.service.port,
         &state.admission_rules(),
-        &extra_allowed_ranges(cr),
+        &extra_allowed_ranges(cr, ctx),
     )
     .await?
     {
@@ -562,10 +562,11 @@ pub async fn read_api_server_addresses(client: &kube::Client) -> Vec<IpAddr> {
 
 /// Address ranges the request's namespace may probe beyond Pods of its own
 /// (passed to [`crate::probe::admission::admit_endpoint`] as `extra_allowed`).
-/// None yet: an issuance policy that names ranges for a namespace will supply
-/// them here.
-fn extra_allowed_ranges(_cr: &CertificateRequest) -> Vec<IpRange> {
-    Vec::new()
+/// The `probeAddressRanges` of the IssuancePolicies that apply to the
+/// request's namespace.
+fn extra_allowed_ranges(cr: &CertificateRequest, ctx: &Context) -> Vec<IpRange> {
+    ctx.admission
+        .probe_ranges(&cr.namespace().unwrap_or_default())
 }
 
 #[cfg(test)]

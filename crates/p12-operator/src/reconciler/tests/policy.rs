@@ -106,5 +106,9 @@ async fn a_withdrawn_policy_keeps_the_issued_certificate_and_stops_renewal() {
         ("True", "Issued"),
         "the certificate is still there"
     );
-    assert_eq!(keys_generated(&h.ctx), 1, "only the first issuance made a key");
+    assert_eq!(
+        keys_generated(&h.ctx),
+        1,
+        "only the first issuance made a key"
+    );
 }

@@ -80,9 +80,20 @@ struct Probed {
 /// Issues the request and runs its first probe pass against `entries`;
 /// expects a probe pod unless `expect_pod` is false.
 async fn first_probe(entries: Vec<Value>, expect_pod: bool) -> Probed {
+    first_probe_under(entries, expect_pod, None).await
+}
+
+/// `first_probe`, with `policy` (IssuancePolicy YAML) known to the operator.
+async fn first_probe_under(entries: Vec<Value>, expect_pod: bool, policy: Option<&str>) -> Probed {
     let (state, pods) = probe_state();
     let h = harness_with_probe(crate::leader::Leadership::always(), Some(state));
     h.list_secrets(vec![]);
+    if let Some(yaml) = policy {
+        let policy = crate::api::IssuancePolicy::new("vms", serde_saphyr::from_str(yaml).unwrap());
+        h.ctx
+            .admission
+            .observe_policy(&watcher::Event::Apply(policy));
+    }
     let cr = probed_request();
     h.ctx.request_changed(None, &cr);
     h.api
@@ -326,6 +337,38 @@ async fn hostile_endpoints_are_refused_with_a_reason_and_never_probed() {
     assert!(why("10.244.0.7:8443").contains("another namespace"));
     assert!(why("192.168.1.1:8443").contains("outside the cluster's pod address ranges"));
     assert_eq!(endpoints.len(), 6);
+}
+
+#[tokio::test]
+async fn a_policys_probe_address_ranges_admit_endpoints_without_a_pod_and_nothing_more() {
+    let policy = "namespaces: {names: [shop]}\nallow: {probeAddressRanges: [192.168.1.0/24]}\n";
+    let p = first_probe_under(
+        vec![
+            entry("192.168.1.10", None),
+            entry("192.168.2.10", None),
+            good_pod("127.0.0.1"),
+        ],
+        true,
+        Some(policy),
+    )
+    .await;
+    assert_eq!(
+        endpoints_of(&p.pod),
+        ["192.168.1.10:8443"],
+        "a VM in the policy's range is probed; one outside it, and loopback, are not"
+    );
+    // Without the policy the same VM is refused.
+    let p = first_probe(vec![entry("192.168.1.10", None)], false).await;
+    let endpoints = &p
+        .cr
+        .status
+        .as_ref()
+        .unwrap()
+        .probe
+        .as_ref()
+        .unwrap()
+        .endpoints;
+    assert_eq!(endpoints[0].reason, "EndpointRefused");
 }
 
 #[tokio::test]
