@@ -528,11 +528,118 @@ fn without_probes_the_operator_gets_no_verb_on_pods() {
 }
 
 #[test]
+fn by_default_network_policies_confine_the_operator_and_metrics_need_a_labelled_namespace() {
+    let docs = render(&[]);
+    let policy = the_one(&docs, "NetworkPolicy");
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["p12-operator.io/scrape-metrics"],
+        "true",
+        "metrics only from labelled namespaces: {ingress:?}"
+    );
+    assert_eq!(ingress[0]["ports"][0]["port"], 8080);
+    assert!(
+        args_of(&deployment(&docs)).contains(&"--probe-network-policy".to_string()),
+        "every probe pod gets its own policy"
+    );
+    // Opting out leaves no NetworkPolicy and no per-probe policies.
+    let docs = render(&["networkPolicy.enabled=false"]);
+    assert!(objects(&docs, "NetworkPolicy").is_empty());
+    assert!(!args_of(&deployment(&docs)).contains(&"--probe-network-policy".to_string()));
+    // metricsFrom=[] opens the admin port to anyone.
+    let docs = render(&["networkPolicy.metricsFrom=null"]);
+    let ingress = the_one(&docs, "NetworkPolicy")["spec"]["ingress"].clone();
+    assert!(ingress[0]["from"].is_null(), "{ingress}");
+}
+
+/// One RBAC grant: (kind and name of the role, API group, resource, limited
+/// to named objects, verbs in order).
+type Grant = (String, String, String, bool, Vec<String>);
+
+/// Every grant of every ClusterRole and Role the chart renders with `sets`.
+fn grants(sets: &[&str]) -> std::collections::BTreeSet<Grant> {
+    let docs = render(sets);
+    let mut out = std::collections::BTreeSet::new();
+    for role in objects(&docs, "ClusterRole")
+        .into_iter()
+        .chain(objects(&docs, "Role"))
+    {
+        let owner = format!(
+            "{} {}",
+            role["kind"].as_str().unwrap(),
+            role["metadata"]["name"].as_str().unwrap()
+        );
+        for rule in rules_of(role) {
+            for group in rule.api_groups.clone().unwrap_or_default() {
+                for resource in rule.resources.clone().unwrap_or_default() {
+                    let mut verbs = rule.verbs.clone();
+                    verbs.sort();
+                    out.insert((
+                        owner.clone(),
+                        if group.is_empty() {
+                            "core".into()
+                        } else {
+                            group.clone()
+                        },
+                        resource,
+                        rule.resource_names.is_some(),
+                        verbs,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The grants docs/security.md lists for `when` (a `--set`, or `default`).
+fn documented_grants(when: &str) -> std::collections::BTreeSet<Grant> {
+    let doc = std::fs::read_to_string(repo().join("docs/security.md")).unwrap();
+    let cell = |s: &str| s.trim().trim_matches('`').to_string();
+    doc.lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').collect();
+            (cells.len() == 8 && cell(cells[1]) == when).then(|| {
+                let owner = cell(cells[2]);
+                let owner = owner.split(" (").next().unwrap().to_string();
+                let resource = cell(cells[4]);
+                let mut verbs: Vec<String> = cells[5].split(',').map(cell).collect();
+                verbs.sort();
+                (
+                    owner,
+                    cell(cells[3]),
+                    resource.split(' ').next().unwrap().to_string(),
+                    resource.contains('('),
+                    verbs,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn docs_security_lists_every_rbac_rule_the_chart_grants() {
+    let default = documented_grants("default");
+    assert!(!default.is_empty(), "docs/security.md has the RBAC table");
+    let rendered = grants(&[]);
+    assert_eq!(
+        default, rendered,
+        "docs/security.md's RBAC table (left) differs from the chart's default rules (right)"
+    );
+    let with_lease: std::collections::BTreeSet<Grant> = default
+        .into_iter()
+        .chain(documented_grants("leaderElection.enabled=true"))
+        .collect();
+    assert_eq!(with_lease, grants(&["leaderElection.enabled=true"]));
+}
+
+#[test]
 fn pods_and_network_policies_are_granted_only_in_the_release_namespace() {
     for sets in [
         &[][..],
-        &["networkPolicy.enabled=true"],
-        &["watchNamespace=shop", "networkPolicy.enabled=true"],
+        &["networkPolicy.enabled=false"],
+        &["watchNamespace=shop", "networkPolicy.enabled=false"],
         &["leaderElection.enabled=true"],
     ] {
         let docs = render(sets);
@@ -571,7 +678,7 @@ fn pods_and_network_policies_are_granted_only_in_the_release_namespace() {
         );
         assert_eq!(
             granted.iter().any(|(_, r, _)| *r == "networkpolicies"),
-            sets.contains(&"networkPolicy.enabled=true"),
+            !sets.contains(&"networkPolicy.enabled=false"),
             "{sets:?}"
         );
     }
