@@ -1294,6 +1294,29 @@ async fn helm_install_issues_with_only_the_charts_rbac_and_upgrade_and_uninstall
             && !service_account_can("delete", "pods", &shop),
         "probe pods may be created in the release namespace only"
     );
+    for (verb, resource) in [
+        ("list", "issuancepolicies.p12-operator.io"),
+        ("watch", "namespaces"),
+        ("list", "services"),
+    ] {
+        assert!(
+            service_account_can(verb, resource, &shop),
+            "{verb} {resource}"
+        );
+    }
+    for (verb, resource) in [
+        ("create", "issuancepolicies.p12-operator.io"),
+        ("update", "issuancepolicies.p12-operator.io"),
+        ("create", "namespaces"),
+        ("patch", "namespaces"),
+        ("create", "services"),
+        ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ] {
+        assert!(
+            !service_account_can(verb, resource, &shop),
+            "the operator may not {verb} {resource}"
+        );
+    }
     apply(&shop, &request(&shop, "web"));
     let web = ready(&client, &shop, "web").await;
     let secret = Api::<Secret>::namespaced(client.clone(), &shop)
