@@ -2,8 +2,10 @@
 
 pub mod cost;
 pub mod p12;
+pub mod passwordless;
 
 pub use p12::{
     ITERATIONS, KeyEntry, KeystoreError, ParsedStore, Profile, build_keystore, build_truststore,
     read_keystore,
 };
+pub use passwordless::{build_passwordless_truststore, read_passwordless_truststore};

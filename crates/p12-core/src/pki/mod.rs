@@ -7,10 +7,11 @@
 
 pub mod ca;
 pub mod csr;
-mod der;
+pub(crate) mod der;
 pub mod keys;
 pub mod policy;
 pub mod signer;
+pub mod trust;
 
 pub use ca::CertificateAuthority;
 pub use csr::{CsrSubject, SubjectAltNames, VerifiedCsr, build_csr};
@@ -20,6 +21,7 @@ pub use signer::{
     CertInfo, IssuedCertificate, LeafProfile, Usage, fingerprint_sha256, key_matches_certificate,
     parse_certificate_info, sign,
 };
+pub use trust::TrustBundle;
 
 /// Why a PKI operation failed. Messages never contain key material or passwords.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use p12_core::duration;
 use p12_core::pki::KeyAlgorithm;
 
@@ -82,6 +83,47 @@ pub struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "p12-operator")]
     pub lease_name: String,
+    /// Publish the trust bundle as ConfigMap p12-operator-ca-bundle (ca.crt,
+    /// truststore.p12 without a password, truststore-changeit.p12) in every
+    /// namespace this label selector selects: `key=value[,key=value]`, or a
+    /// LabelSelector as JSON (`{"matchExpressions":[…]}`). Unset: publish nowhere.
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_selector)]
+    pub trust_bundle_namespace_selector: Option<LabelSelector>,
+}
+
+/// A label selector: JSON (a LabelSelector object) or `key=value` pairs.
+fn parse_selector(s: &str) -> Result<LabelSelector, String> {
+    let s = s.trim();
+    if s.starts_with('{') {
+        return serde_json::from_str(s).map_err(|e| format!("not a LabelSelector: {e}"));
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once("==")
+            .or_else(|| pair.split_once('='))
+            .ok_or_else(|| {
+                format!(
+                    "{pair:?} is not key=value; for other operators give a LabelSelector as JSON"
+                )
+            })?;
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || key.ends_with('!') {
+            return Err(format!(
+                "{pair:?} is not key=value; for other operators give a LabelSelector as JSON"
+            ));
+        }
+        labels.insert(key.to_string(), value.to_string());
+    }
+    if labels.is_empty() {
+        return Err(
+            "an empty selector would select every namespace; give {} as JSON to mean that".into(),
+        );
+    }
+    Ok(LabelSelector {
+        match_labels: Some(labels),
+        match_expressions: None,
+    })
 }
 
 fn parse_range(s: &str) -> Result<crate::probe::admission::IpRange, String> {

@@ -81,6 +81,13 @@ impl Context {
         self.ca.read().unwrap().clone()
     }
 
+    /// The roots clients should trust, from the loaded CA: the one place a
+    /// rotation adds the next (or keeps the previous) root. None without a CA.
+    pub(super) fn trust_bundle(&self) -> Option<crate::pki::TrustBundle> {
+        let ca = self.ca().ok()?;
+        crate::pki::TrustBundle::new([ca.root_der().to_vec()]).ok()
+    }
+
     pub(super) fn set_ca(&self, ca: Result<Arc<CertificateAuthority>, CaProblem>) {
         self.health
             .set_ca_problem(ca.as_ref().err().map(|p| p.message.clone()));

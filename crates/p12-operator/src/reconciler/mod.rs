@@ -8,7 +8,8 @@
 //! Each file decides one thing: `context` what a pass may know (caches, Secret
 //! references), `pass` one pass over a request and its outcome, `secret_write`
 //! the Secret, `issue` the key and certificate, `record` status, Events and
-//! metrics, `run` the watches and the controller loop.
+//! metrics, `run` the watches and the controller loop; `trust` keeps the
+//! trust-bundle ConfigMaps of the selected namespaces.
 
 mod admission;
 pub mod ca;
@@ -21,6 +22,7 @@ mod run;
 pub mod secret_index;
 mod secret_write;
 pub mod status;
+pub mod trust;
 #[cfg(test)]
 mod tests;
 

@@ -287,7 +287,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .applied_objects();
 
-    let policies_changed = watch_policy_inputs(&client, &args, &ctx, &reader, &health);
+    // Trust distribution, fed by the namespace watch below.
+    let trust = args
+        .trust_bundle_namespace_selector
+        .clone()
+        .map(|selector| Arc::new(super::trust::Distribution::new(selector)));
+    if let Some(trust) = &trust {
+        let configmaps = match &args.watch_namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        tokio::spawn(super::trust::distribute(
+            ctx.clone(),
+            trust.clone(),
+            configmaps,
+        ));
+    }
+    let policies_changed = watch_policy_inputs(&client, &args, &ctx, &reader, &health, trust);
 
     let ctx2 = ctx.clone();
     let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
@@ -451,13 +467,14 @@ async fn api_server_addresses(host: Option<&str>) -> Vec<std::net::IpAddr> {
 /// request again, through the returned channel), namespaces' labels and
 /// Services' names (a change checks the requests of that namespace again).
 /// Namespaces and Services are watched as metadata and only their names and
-/// labels are kept.
+/// labels are kept. Namespace events also feed trust distribution (`trust`).
 fn watch_policy_inputs(
     client: &Client,
     args: &RunArgs,
     ctx: &Arc<Context>,
     requests: &reflector::Store<CertificateRequest>,
     health: &Arc<crate::admin::Health>,
+    trust: Option<Arc<super::trust::Distribution>>,
 ) -> tokio::sync::mpsc::Receiver<()> {
     let (all_tx, all_rx) = tokio::sync::mpsc::channel::<()>(1);
     let policies: Api<IssuancePolicy> = Api::all(client.clone());
@@ -503,6 +520,9 @@ fn watch_policy_inputs(
         while let Some(ev) = events.next().await {
             health2.watch_result("Namespace", &ev);
             if let Ok(ev) = ev {
+                if let Some(trust) = &trust {
+                    trust.observe_namespace(&ev);
+                }
                 revisit2(ctx2.admission.observe_namespace(&ev));
             }
         }
@@ -587,7 +607,7 @@ async fn shutdown_signal() {
 /// over after 10 s without errors. Shorter than kube's default (30 s cap, 120 s
 /// reset) so that after an API server outage the operator is back within
 /// seconds; a handful of watches retrying every 5 s cost the API server nothing.
-struct WatchBackoff {
+pub(super) struct WatchBackoff {
     next: Duration,
     last_error: Option<std::time::Instant>,
 }
@@ -619,7 +639,7 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-fn watch_backoff() -> WatchBackoff {
+pub(super) fn watch_backoff() -> WatchBackoff {
     WatchBackoff {
         next: BACKOFF_MIN,
         last_error: None,
