@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use p12_operator::api::CertificateRequest;
-use support::{Operator, cluster, eventually, kubectl_apply, run_with_password};
+use support::{Operator, cluster, eventually, http_get, kubectl_apply, run_with_password};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -384,5 +384,223 @@ async fn a_missing_ca_is_created_as_a_self_signed_root_once() {
         again.resource_version(),
         ca.resource_version(),
         "the CA is created once and then reused"
+    );
+}
+
+/// A CA certificate valid from 2020 to 2099 that may sign certificates.
+fn ca_params(cn: &str, path_len: Option<u8>) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(match path_len {
+        Some(n) => rcgen::BasicConstraints::Constrained(n),
+        None => rcgen::BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    params
+}
+
+/// A chain built root first from `specs`; returns `tls.crt` (the last, the
+/// operator's CA, first) and the operator CA's key.
+fn chain(specs: Vec<rcgen::CertificateParams>) -> (String, String) {
+    let mut issuer: Option<rcgen::Issuer<'static, rcgen::KeyPair>> = None;
+    let mut pems = Vec::new();
+    let mut key_pem = String::new();
+    for params in specs {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match &issuer {
+            None => params.self_signed(&key).unwrap(),
+            Some(issuer) => params.signed_by(&key, issuer).unwrap(),
+        };
+        pems.push(cert.pem());
+        key_pem = key.serialize_pem();
+        issuer = Some(rcgen::Issuer::new(params, key));
+    }
+    pems.reverse();
+    (pems.concat(), key_pem)
+}
+
+fn apply_request_for(ns: &str, name: &str, dns: &str) {
+    let out = kubectl_apply(
+        &format!(
+            "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {{name: {name}}}\nspec: {{secretName: {name}-tls, dnsNames: [{dns}]}}\n"
+        ),
+        ns,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until the request's Ready condition has `reason` and a message
+/// containing `text`; returns the message.
+async fn ready_message(client: &Client, ns: &str, name: &str, reason: &str, text: &str) -> String {
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, &format!("{name}: {reason} with {text:?}"), || {
+        let api = api.clone();
+        async move {
+            let cr = api.get(name).await.ok()?;
+            let c = cr
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (c.status == "False" && c.reason == reason && c.message.contains(text))
+                .then_some(c.message)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hostile_ca_chains_are_refused_naming_the_certificate_and_its_problem() {
+    let client = cluster().client().await.unwrap();
+    let mut expired_root = ca_params("Corp Root", None);
+    expired_root.not_after = rcgen::date_time_ymd(2025, 1, 1);
+    let (crt, key) = chain(vec![expired_root, ca_params("Corp Issuing CA", Some(0))]);
+    let (op, ns) = operator_with_ca(
+        &client,
+        "hostile",
+        Some(tls_secret("p12-operator-ca", &crt, &key)),
+    )
+    .await;
+    apply_request(&ns, "web");
+    let message = ready_message(
+        &client,
+        &ns,
+        "web",
+        "CAInvalid",
+        "certificate 2 of the CA bundle (CN=Corp Root) expired at 2025-01-01T00:00:00Z",
+    )
+    .await;
+    assert!(
+        message.contains("p12-system-hostile/p12-operator-ca"),
+        "the message names the CA Secret: {message}"
+    );
+
+    let cas: Api<Secret> = Api::namespaced(client.clone(), &op.namespace);
+    let replace = |crt: String, key: String| {
+        let cas = cas.clone();
+        async move {
+            let mut secret = cas.get("p12-operator-ca").await.unwrap();
+            secret.metadata.managed_fields = None;
+            secret.data = tls_secret("x", &crt, &key).data;
+            cas.replace("p12-operator-ca", &PostParams::default(), &secret)
+                .await
+                .unwrap();
+        }
+    };
+
+    // A root that allows no CA below it, above an intermediate and our CA.
+    let (crt, key) = chain(vec![
+        ca_params("Corp Root", Some(0)),
+        ca_params("Corp Policy CA", None),
+        ca_params("Corp Issuing CA", Some(0)),
+    ]);
+    replace(crt, key).await;
+    ready_message(
+        &client,
+        &ns,
+        "web",
+        "CAInvalid",
+        "certificate 3 of the CA bundle (CN=Corp Root) allows at most 0 CA certificates below it (pathLenConstraint 0), but 2 follow it",
+    )
+    .await;
+
+    // An issuer that is no CA at all.
+    let mut not_a_ca = ca_params("Corp Web Server", None);
+    not_a_ca.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let (crt, key) = chain(vec![
+        ca_params("Corp Root", None),
+        not_a_ca,
+        ca_params("Corp Issuing CA", Some(0)),
+    ]);
+    replace(crt, key).await;
+    ready_message(
+        &client,
+        &ns,
+        "web",
+        "CAInvalid",
+        "certificate 2 of the CA bundle (CN=Corp Web Server) is not a CA",
+    )
+    .await;
+
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("web-tls")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is issued under a hostile chain"
+    );
+}
+
+#[tokio::test]
+async fn a_name_constrained_ca_issues_names_inside_its_constraints_and_refuses_others() {
+    let client = cluster().client().await.unwrap();
+    let mut root = ca_params("Corp Root", Some(1));
+    root.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: vec![rcgen::GeneralSubtree::DnsName(".corp.example.com".into())],
+        excluded_subtrees: vec![],
+    });
+    let mut issuing = ca_params("Corp Issuing CA", Some(0));
+    issuing.not_after = rcgen::date_time_ymd(2098, 1, 1);
+    let (crt, key) = chain(vec![root, issuing]);
+    let (op, ns) = operator_with_ca(
+        &client,
+        "constrained",
+        Some(tls_secret("p12-operator-ca", &crt, &key)),
+    )
+    .await;
+    apply_request_for(&ns, "web", "web.corp.example.com");
+    apply_request_for(&ns, "evil", "evil.com");
+    condition(&client, &ns, "web", "True", "Issued").await;
+    let message = ready_message(&client, &ns, "evil", "PolicyViolation", "evil.com").await;
+    assert_eq!(
+        message,
+        "dnsNames[0] \"evil.com\" is outside the name constraints of CA certificate 2 (CN=Corp Root): permitted dNSName .corp.example.com"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        secrets.get_opt("evil-tls").await.unwrap().is_none(),
+        "no Secret for a name the CA may not certify"
+    );
+    let (_, metrics) = http_get(&op.admin_address().await, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "p12_keys_generated_total 1"),
+        "one key, for web only: the refusal comes before any key is generated\n{metrics}"
+    );
+
+    // What was issued verifies under the constrained root with OpenSSL.
+    let data = secrets.get("web-tls").await.unwrap().data.unwrap();
+    let dir = cluster().work_dir.join("constrained-pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.crt"), &data["ca.crt"].0).unwrap();
+    std::fs::write(dir.join("tls.crt"), &data["tls.crt"].0).unwrap();
+    let out = Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "verify",
+            "-CAfile",
+            "ca.crt",
+            "-untrusted",
+            "tls.crt",
+            "tls.crt",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -9,13 +9,15 @@ pub mod ca;
 pub mod csr;
 pub(crate) mod der;
 pub mod keys;
+mod name_constraints;
 pub mod policy;
 pub mod signer;
 pub mod trust;
 
-pub use ca::CertificateAuthority;
+pub use ca::{CertificateAuthority, ChainProblem};
 pub use csr::{CsrSubject, SubjectAltNames, VerifiedCsr, build_csr};
 pub use keys::{KeyAlgorithm, PrivateKey};
+pub use name_constraints::NameConstraintViolation;
 pub use policy::{Policy, PolicyViolation};
 pub use signer::{
     CertInfo, IssuedCertificate, LeafProfile, Usage, fingerprint_sha256, key_matches_certificate,
@@ -53,22 +55,17 @@ pub enum PkiError {
     #[error("failed to load the CA: the private key does not match the CA certificate")]
     KeyCertificateMismatch,
 
-    #[error(
-        "failed to load the CA: the certificate is not a CA (basicConstraints CA:true is missing)"
-    )]
-    NotACa,
-
-    #[error("failed to load the CA: its keyUsage does not allow keyCertSign")]
-    CaMissingKeyCertSign,
-
-    #[error("failed to use the CA: its certificate is not valid before {not_before}")]
-    CaNotYetValid { not_before: jiff::Timestamp },
-
-    #[error("failed to use the CA: its certificate expired at {not_after}")]
-    CaExpired { not_after: jiff::Timestamp },
+    /// One certificate of the CA bundle (1-based `position`: the CA's own is 1,
+    /// its issuer 2, …) cannot serve in the chain.
+    #[error("failed to use the CA: certificate {position} of the CA bundle ({subject}) {problem}")]
+    CaChainInvalid {
+        position: usize,
+        subject: String,
+        problem: ChainProblem,
+    },
 
     #[error(
-        "failed to load the CA: certificate {index} of the bundle is not issued by certificate {next}"
+        "failed to load the CA: certificate {} of the CA bundle is not issued by certificate {}", .index + 1, .next + 1
     )]
     CaChainBroken { index: usize, next: usize },
 
@@ -77,6 +74,9 @@ pub enum PkiError {
 
     #[error("failed to issue: {0}")]
     Policy(#[from] PolicyViolation),
+
+    #[error("failed to issue: {0}")]
+    NameConstraint(#[from] NameConstraintViolation),
 }
 
 impl PkiError {
@@ -91,13 +91,11 @@ impl PkiError {
             PkiError::CsrSignatureInvalid => "CsrSignatureInvalid",
             PkiError::InvalidCertificate { .. } => "InvalidCertificate",
             PkiError::KeyCertificateMismatch => "KeyCertificateMismatch",
-            PkiError::NotACa => "CaCertificateNotCa",
-            PkiError::CaMissingKeyCertSign => "CaMissingKeyCertSign",
-            PkiError::CaNotYetValid { .. } => "CaNotYetValid",
-            PkiError::CaExpired { .. } => "CaExpired",
+            PkiError::CaChainInvalid { problem, .. } => problem.reason(),
             PkiError::CaChainBroken { .. } => "CaChainBroken",
             PkiError::Signing { .. } => "SigningFailed",
             PkiError::Policy(_) => "PolicyViolation",
+            PkiError::NameConstraint(v) => v.reason(),
         }
     }
 }
@@ -177,7 +175,11 @@ mod tests {
     fn error_reasons_are_pascal_case_and_messages_start_lowercase() {
         let errors = [
             PkiError::InvalidCsr,
-            PkiError::NotACa,
+            PkiError::CaChainInvalid {
+                position: 2,
+                subject: "CN=Corp Root".into(),
+                problem: ChainProblem::NotACa,
+            },
             PkiError::KeyCertificateMismatch,
             PkiError::CaChainBroken { index: 0, next: 1 },
             PkiError::InvalidPrivateKey {

@@ -274,10 +274,22 @@ pub(crate) fn authority_key_identifier(id: &[u8]) -> Vec<u8> {
 /// Signs the CSR's public key as a leaf certificate shaped by `profile`.
 ///
 /// Validity runs from `now` minus [`BACKDATE`] to `now + profile.duration`,
-/// cut at the CA's own notAfter. Policy checks are the caller's job
-/// ([`super::policy::Policy::check`]); this function enforces only what would
-/// make a broken certificate.
+/// cut at the earliest notAfter of the CA's chain. Policy checks are the
+/// caller's job ([`super::policy::Policy::check`]); this function enforces only
+/// what would make a broken certificate: a chain not valid now, or names its
+/// name constraints forbid ([`CertificateAuthority::check_leaf`]).
 pub fn sign(
+    ca: &CertificateAuthority,
+    csr: &VerifiedCsr,
+    profile: &LeafProfile,
+    now: Timestamp,
+) -> Result<IssuedCertificate> {
+    ca.check_leaf(profile)?;
+    sign_unconstrained(ca, csr, profile, now)
+}
+
+/// [`sign`] without the name-constraint check, for the CA's own self-test.
+pub(crate) fn sign_unconstrained(
     ca: &CertificateAuthority,
     csr: &VerifiedCsr,
     profile: &LeafProfile,
@@ -291,7 +303,7 @@ pub fn sign(
         });
     }
     let not_before = subtract(now, BACKDATE);
-    let not_after = whole_seconds(add(now, profile.duration).min(ca.not_after()));
+    let not_after = whole_seconds(add(now, profile.duration).min(ca.chain_not_after()));
 
     let key_algorithm = csr.key_algorithm();
     let mut key_usage_bits = KU_DIGITAL_SIGNATURE;

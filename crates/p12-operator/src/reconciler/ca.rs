@@ -229,7 +229,8 @@ pub async fn keep_loaded(
             }
             Err(problem) => {
                 // The same failure is logged once, not at every retry.
-                if last_problem.as_deref() != Some(problem.message.as_str()) {
+                let new_problem = last_problem.as_deref() != Some(problem.message.as_str());
+                if new_problem {
                     tracing::error!(reason = problem.reason, message = %problem.message, "no usable CA; requests report it until it is fixed");
                     last_problem = Some(problem.message.clone());
                 } else {
@@ -237,7 +238,9 @@ pub async fn keep_loaded(
                 }
                 let transient = problem.reason == "CAUnavailable";
                 ctx.set_ca(Err(problem));
-                if previous.is_some() {
+                // A person mending the CA Secret sees each new problem on the
+                // requests at once, not after their back-off.
+                if previous.is_some() || (new_problem && !transient) {
                     let _ = revisit_all.try_send(());
                 }
                 if transient {

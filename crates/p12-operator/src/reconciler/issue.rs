@@ -100,7 +100,10 @@ pub(super) fn issue(
     Policy::default_for_signing(plan)
         .check(&plan.leaf, &csr)
         .map_err(|v| IssueError::Policy(v.reason(), v.message().to_string()))?;
-    let cert = pki::sign(ca, &csr, &plan.leaf, Timestamp::now()).map_err(IssueError::Pki)?;
+    let cert = pki::sign(ca, &csr, &plan.leaf, Timestamp::now()).map_err(|e| match e {
+        pki::PkiError::NameConstraint(v) => IssueError::Policy(v.reason(), v.to_string()),
+        other => IssueError::Pki(other),
+    })?;
     crate::faults::crash_point("after-sign");
     Ok(Material {
         key,

@@ -115,6 +115,15 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
             Ok(ca) => ca,
             Err(p) => return Ok(Err(refuse(p.reason, p.message))),
         };
+        // Names the CA's chain may not certify are refused before any key exists;
+        // a change of CA revisits every request.
+        if let Err(v) = ca.check_leaf(&plan.leaf) {
+            return Ok(Err(Refusal {
+                reason: v.reason(),
+                message: v.to_string(),
+                retry: false,
+            }));
+        }
         // A pass that failed before reads the Secret first instead of trusting
         // the index: a foreign Secret is then found before any key is made.
         let force_get = ctx.failures(&oref) > 0;
