@@ -27,6 +27,7 @@ fn main() {
         Command::Status(args) => runtime().block_on(commands::status(args)),
         Command::Renew(args) => runtime().block_on(commands::renew(args)),
         Command::ProbeNow(args) => runtime().block_on(commands::probe_now(args)),
+        Command::Ca(args) => runtime().block_on(commands::ca(args)),
         Command::Completion(args) => commands::completion(args),
     };
     match code {

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub events_dropped: Counter,
     pub keys_generated: Counter,
+    /// 1 for the reason no CA is usable, 0 for the reasons that no longer hold.
+    pub ca_problem: Family<ReasonLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
             leader: Gauge::default(),
             events_dropped: Counter::default(),
             keys_generated: Counter::default(),
+            ca_problem: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -98,6 +101,11 @@ impl Metrics {
             m.renewal_time.clone(),
         );
         registry.register("reconciles", "Reconcile passes run", m.reconciles.clone());
+        registry.register(
+            "ca_problem",
+            "1 while no CA is usable, labelled with why (CAMissing, CAInvalid, CANotFound, CAUnavailable); 0 once that reason no longer holds",
+            m.ca_problem.clone(),
+        );
         registry.register(
             "reconcile_failures",
             "Failed reconcile passes and refused requests, by error category",

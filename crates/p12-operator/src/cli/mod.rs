@@ -3,6 +3,7 @@
 //! p12-core types, never the controller, probes, commands or inspect, which all
 //! depend on this module instead.
 
+mod ca;
 mod completion;
 mod crd;
 mod inspect;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use ca::{CaArgs, CaCommand, CaTarget, NewRootArgs};
 pub use completion::CompletionArgs;
 pub use crd::CrdArgs;
 pub use inspect::InspectArgs;
@@ -60,6 +62,8 @@ pub enum Command {
     Renew(RenewArgs),
     /// Ask the operator to probe a request's Service now (sets p12-operator.io/probe-requested-at).
     ProbeNow(ProbeNowArgs),
+    /// The cluster CA: `ca status`, and `ca new-root` when its Secret is missing.
+    Ca(CaArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completion(CompletionArgs),
 }

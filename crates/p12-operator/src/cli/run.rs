@@ -130,7 +130,7 @@ fn parse_range(s: &str) -> Result<crate::probe::admission::IpRange, String> {
     s.parse()
 }
 
-fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
+pub(crate) fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
     Ok(match s.to_ascii_uppercase().as_str() {
         "ECDSA-P256" | "ECDSA" => KeyAlgorithm::EcdsaP256,
         "ECDSA-P384" => KeyAlgorithm::EcdsaP384,

@@ -17,6 +17,7 @@
 //! what they share: exit-code failures and the API connection. The flags live
 //! in `crate::cli`.
 
+mod ca;
 mod completion;
 mod render;
 mod renew;
@@ -26,6 +27,7 @@ mod tests;
 
 use kube::Client;
 
+pub use ca::ca;
 pub use completion::completion;
 pub use render::{compact, relative, render_status_text};
 pub use renew::{annotation_patch, probe_now, renew};

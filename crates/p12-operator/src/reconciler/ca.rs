@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::core::PartialObjectMeta;
 
-use crate::bundle::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::bundle::{MANAGED_BY, MANAGED_BY_LABEL, REQUEST_LABEL};
 use crate::pki::{CertificateAuthority, KeyAlgorithm};
 
 /// How to find (or make) the CA.
@@ -21,13 +22,15 @@ pub struct CaSettings {
     pub validity: Duration,
     /// The API server's address, named in connection errors.
     pub api_server: String,
+    /// Where issued Secrets live (`--watch-namespace`); `None`: every namespace.
+    pub watch_namespace: Option<String>,
 }
 
 /// Why no CA can be used; every request reports it until it is fixed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct CaProblem {
-    /// `CANotFound`, `CAInvalid` or `CAUnavailable`.
+    /// `CANotFound`, `CAMissing`, `CAInvalid` or `CAUnavailable`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -99,6 +102,68 @@ pub async fn ensure(
     {
         return loaded(&secret);
     }
+    // Certificates of the missing CA are out there, and clients trust its
+    // root: a new root would break every one of them at once.
+    if let Some(issued) = an_issued_secret(api, settings).await.map_err(unavailable)? {
+        return Err(CaProblem {
+            reason: "CAMissing",
+            message: format!(
+                "{} is missing, but certificates were issued from it (Secret {issued} holds one); the operator does not create a new root, which would break every client that trusts the old one. Restore the Secret (tls.crt, tls.key) from a backup; or, to start over with a new root that clients must then be given, run `p12-operator ca new-root -n {}`",
+                location(settings),
+                settings.namespace
+            ),
+        });
+    }
+    create_root(api, settings).await
+}
+
+/// One Secret the operator issued, as `namespace/name`, if any exists where it
+/// issues: one metadata-only call that returns at most one item.
+async fn an_issued_secret(
+    api: &Api<Secret>,
+    settings: &CaSettings,
+) -> Result<Option<String>, kube::Error> {
+    let client = api.clone().into_client();
+    let issued: Api<PartialObjectMeta<Secret>> = match &settings.watch_namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY},{REQUEST_LABEL}");
+    let found = issued
+        .list_metadata(&ListParams::default().labels(&selector).limit(1))
+        .await?;
+    Ok(found.items.first().map(|s| {
+        format!(
+            "{}/{}",
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            s.metadata.name.as_deref().unwrap_or_default()
+        )
+    }))
+}
+
+/// Creates a self-signed root in the CA Secret, unless creation is off. Never
+/// replaces an existing Secret: another replica that won the race is loaded.
+pub async fn create_root(
+    api: &Api<Secret>,
+    settings: &CaSettings,
+) -> Result<(CertificateAuthority, String), CaProblem> {
+    let unavailable = |e: kube::Error| CaProblem {
+        reason: "CAUnavailable",
+        message: format!(
+            "failed to read {} from the API server at {}: {}",
+            location(settings),
+            settings.api_server,
+            crate::telemetry::error_chain(&e)
+        ),
+    };
+    let loaded = |secret: &Secret| {
+        from_secret(secret, settings).map(|ca| {
+            (
+                ca,
+                secret.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        })
+    };
     if !settings.create {
         return Err(CaProblem {
             reason: "CANotFound",

@@ -91,6 +91,18 @@ impl Context {
     pub(super) fn set_ca(&self, ca: Result<Arc<CertificateAuthority>, CaProblem>) {
         self.health
             .set_ca_problem(ca.as_ref().err().map(|p| p.message.clone()));
+        for reason in ["CAMissing", "CAInvalid", "CANotFound", "CAUnavailable"] {
+            let now = ca.as_ref().err().is_some_and(|p| p.reason == reason);
+            let labels = crate::metrics::ReasonLabels {
+                reason: reason.into(),
+            };
+            // Only reasons that occurred appear, so a healthy operator exports none.
+            if now {
+                self.metrics.ca_problem.get_or_create(&labels).set(1);
+            } else if let Some(g) = self.metrics.ca_problem.get(&labels) {
+                g.set(0);
+            }
+        }
         *self.ca.write().unwrap() = ca;
     }
 
@@ -186,15 +198,16 @@ impl Context {
         if let Some(probe) = &self.probe {
             probe.forget(&key);
         }
-        self.checked.lock().unwrap().remove(&key);
-        self.written.lock().unwrap().remove(&key);
-        self.failures.lock().unwrap().remove(&key);
+        remove_and_shrink(&mut self.checked.lock().unwrap(), &key);
+        remove_and_shrink(&mut self.written.lock().unwrap(), &key);
+        remove_and_shrink(&mut self.failures.lock().unwrap(), &key);
         let ns = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut refs = self.refs.lock().unwrap();
         for secret in Self::referenced_secrets(cr) {
             drop_ref(&mut refs, (ns.clone(), secret.to_string()), &name);
         }
+        shrink_if_sparse(&mut refs);
     }
 
     /// Requests to reconcile when a Secret changes.
@@ -262,11 +275,7 @@ impl Context {
                 return Some(status.clone());
             }
             // The cache has caught up: forget our copy, it only bridged the lag.
-            written.remove(&oref);
-            // A burst leaves a large, mostly empty table behind: give it back.
-            if written.capacity() > 1024 && written.len() * 4 < written.capacity() {
-                written.shrink_to_fit();
-            }
+            remove_and_shrink(&mut written, &oref);
         }
         cr.status.clone()
     }
@@ -278,6 +287,23 @@ impl Context {
             .get(oref)
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// Removes `key`; see [`shrink_if_sparse`].
+fn remove_and_shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: &K) {
+    if map.remove(key).is_some() {
+        shrink_if_sparse(map);
+    }
+}
+
+/// Gives back the memory of a table that a burst left large and mostly empty
+/// (10,000 deleted requests kept their tables' peak size, docs/benchmarks.md
+/// "Churn"). Shrinking only below a quarter of the capacity keeps the cost
+/// amortised: each shrink follows at least as many removals as it keeps.
+pub(super) fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
     }
 }
 

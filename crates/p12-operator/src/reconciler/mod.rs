@@ -22,9 +22,9 @@ mod run;
 pub mod secret_index;
 mod secret_write;
 pub mod status;
-pub mod trust;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 use crate::pki;
 

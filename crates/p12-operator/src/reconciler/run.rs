@@ -53,6 +53,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         algorithm: args.ca_key_algorithm,
         common_name: args.ca_common_name.clone(),
         validity: args.ca_duration,
+        watch_namespace: args.watch_namespace.clone(),
     };
     let instance = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("p12-operator-{}", std::process::id()));

@@ -87,19 +87,32 @@ impl SecretIndex {
         self.live.is_empty()
     }
 
+    /// Drops a Secret, giving back the table's memory once it is mostly empty
+    /// (after a burst of deletions), as the operator's other tables do.
+    fn remove(&mut self, key: &SecretKey) {
+        if self.live.remove(key).is_some()
+            && self.live.capacity() > 1024
+            && self.live.len() * 4 < self.live.capacity()
+        {
+            self.live.shrink_to_fit();
+        }
+    }
+
     /// Applies one watch event. Returns the Secrets that a completed re-list
     /// showed to be gone (or no longer ours) although no event said so.
     pub fn apply(&mut self, event: &watcher::Event<PartialObjectMeta<Secret>>) -> Vec<SecretKey> {
         match event {
             watcher::Event::Apply(s) => {
                 match entry_for(s) {
-                    Some(e) => self.live.insert(key_of(s), e),
-                    None => self.live.remove(&key_of(s)),
+                    Some(e) => {
+                        self.live.insert(key_of(s), e);
+                    }
+                    None => self.remove(&key_of(s)),
                 };
                 Vec::new()
             }
             watcher::Event::Delete(s) => {
-                self.live.remove(&key_of(s));
+                self.remove(&key_of(s));
                 Vec::new()
             }
             watcher::Event::Init => {
@@ -174,6 +187,37 @@ mod tests {
             index.apply(&watcher::Event::InitApply(s));
         }
         index.apply(&watcher::Event::InitDone)
+    }
+
+    #[test]
+    fn a_burst_of_deletions_gives_the_tables_memory_back() {
+        let mut index = SecretIndex::default();
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitDone);
+        for i in 0..5000 {
+            index.apply(&watcher::Event::Apply(secret(
+                &format!("s{i}"),
+                "1",
+                true,
+                None,
+            )));
+        }
+        let peak = index.live.capacity();
+        assert!(peak >= 5000);
+        for i in 10..5000 {
+            index.apply(&watcher::Event::Delete(secret(
+                &format!("s{i}"),
+                "1",
+                true,
+                None,
+            )));
+        }
+        assert_eq!(index.live.len(), 10);
+        assert!(
+            index.live.capacity() < 1024,
+            "capacity {} after deleting all but 10 of 5,000 (peak {peak})",
+            index.live.capacity()
+        );
     }
 
     #[test]

@@ -239,3 +239,93 @@ async fn a_ca_that_cannot_be_read_at_start_up_is_retried_until_it_loads() {
     api.assert_done();
     task.abort();
 }
+
+/// The operator's CA Secret, and the list of Secrets it issued (metadata only).
+const CA_PATH: &str = "/api/v1/namespaces/p12-operator/secrets/p12-operator-ca";
+
+fn issued_list(names: &[&str]) -> Answer {
+    let items: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": n, "namespace": NS}})
+        })
+        .collect();
+    object(
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                  "metadata": {}, "items": items}),
+    )
+}
+
+#[tokio::test]
+async fn a_ca_secret_deleted_after_issuance_is_ca_missing_and_no_new_root_is_made() {
+    let api = MockApi::default();
+    let h = harness_with(crate::leader::Leadership::always());
+    api.expect(
+        "GET",
+        CA_PATH,
+        reply(404, "NotFound", "secrets \"p12-operator-ca\" not found"),
+    )
+    .expect("GET", "/api/v1/secrets", issued_list(&["web-tls"]));
+    let problem = ca::ensure(
+        &Api::namespaced(api.client(), "p12-operator"),
+        &h.ctx.ca_settings,
+    )
+    .await
+    .expect_err("no CA");
+    api.assert_done();
+    assert_eq!(problem.reason, "CAMissing");
+    for part in [
+        "Secret p12-operator/p12-operator-ca is missing",
+        "Secret shop/web-tls holds one",
+        "does not create a new root",
+        "p12-operator ca new-root -n p12-operator",
+    ] {
+        assert!(
+            problem.message.contains(part),
+            "{part:?} in {}",
+            problem.message
+        );
+    }
+    // A request then reports it, and nothing is written but its status.
+    h.list_secrets(vec![]);
+    h.ctx.set_ca(Err(problem));
+    h.api.expect("PATCH", &status_path(), status_echo("6"));
+    h.pass(&request("")).await.unwrap();
+    h.api.assert_done();
+    let (ready, reason, _) = condition(&h.api.calls()[0], "Ready");
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "CAMissing"));
+    assert!(
+        h.api
+            .event_reasons()
+            .await
+            .contains(&"CAMissing".to_string())
+    );
+}
+
+#[tokio::test]
+async fn on_a_first_start_with_nothing_issued_the_root_is_created() {
+    let api = MockApi::default();
+    let h = harness_with(crate::leader::Leadership::always());
+    api.expect(
+        "GET",
+        CA_PATH,
+        reply(404, "NotFound", "secrets \"p12-operator-ca\" not found"),
+    )
+    .expect("GET", "/api/v1/secrets", issued_list(&[]))
+    .expect("POST", "/api/v1/namespaces/p12-operator/secrets", echo("3"));
+    let (ca, version) = ca::ensure(
+        &Api::namespaced(api.client(), "p12-operator"),
+        &h.ctx.ca_settings,
+    )
+    .await
+    .expect("a new root");
+    api.assert_done();
+    assert_eq!(version, "3");
+    let created = &api.calls()[2].body;
+    assert_eq!(
+        created["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "p12-operator"
+    );
+    assert!(ca.chain().len() == 1, "a self-signed root");
+}

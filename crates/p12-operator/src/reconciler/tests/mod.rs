@@ -277,6 +277,7 @@ fn harness_with_probe(
                 common_name: "test CA".into(),
                 validity: Duration::from_secs(3600),
                 api_server: "https://127.0.0.1:6443".into(),
+                watch_namespace: None,
             },
             concurrency: 4,
             probe,
