@@ -632,6 +632,60 @@ fn docs_security_lists_every_rbac_rule_the_chart_grants() {
         .chain(documented_grants("leaderElection.enabled=true"))
         .collect();
     assert_eq!(with_lease, grants(&["leaderElection.enabled=true"]));
+    let rollout = documented_grants("rollout.enabled=true");
+    assert!(
+        !rollout.is_empty(),
+        "docs/security.md lists the rollout rules"
+    );
+    let with_rollout: std::collections::BTreeSet<Grant> = documented_grants("default")
+        .into_iter()
+        .chain(rollout)
+        .collect();
+    assert_eq!(with_rollout, grants(&["rollout.enabled=true"]));
+}
+
+#[test]
+fn rollout_is_off_by_default_and_its_value_passes_the_flag_and_grants_only_workload_get_and_patch()
+{
+    let docs = render(&[]);
+    assert!(!args_of(&deployment(&docs)).contains(&"--enable-rollout".to_string()));
+    assert!(
+        !grants(&[]).iter().any(|(_, group, ..)| group == "apps"),
+        "no workload verb by default"
+    );
+    let docs = render(&["rollout.enabled=true"]);
+    assert!(args_of(&deployment(&docs)).contains(&"--enable-rollout".to_string()));
+    let apps: Vec<Grant> = grants(&["rollout.enabled=true"])
+        .into_iter()
+        .filter(|(_, group, ..)| group == "apps")
+        .collect();
+    assert_eq!(apps.len(), 3, "{apps:?}");
+    for (_, _, resource, by_name, verbs) in &apps {
+        assert!(
+            ["deployments", "statefulsets", "daemonsets"].contains(&resource.as_str()),
+            "{resource}"
+        );
+        assert!(!by_name);
+        assert_eq!(verbs, &["get", "patch"]);
+    }
+    // With watchNamespace, a Role there instead of a ClusterRole.
+    let docs = render(&["rollout.enabled=true", "watchNamespace=shop"]);
+    let role = objects(&docs, "Role")
+        .into_iter()
+        .find(|r| {
+            r["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .ends_with("-rollout")
+        })
+        .expect("a rollout Role");
+    assert_eq!(role["metadata"]["namespace"], "shop");
+    assert!(!objects(&docs, "ClusterRole").iter().any(|r| {
+        r["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-rollout")
+    }));
 }
 
 #[test]

@@ -146,6 +146,14 @@ pub struct CertificateRequestSpec {
     /// of a Service serves this certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSpec>,
+
+    /// Restart the named workloads of this namespace after each renewal, as
+    /// `kubectl rollout restart` does, so that replicas that read the keystore
+    /// only at start serve the new certificate; then wait for the rollout and,
+    /// with `probe`, verify every replica. Needs the operator installed with
+    /// rollout enabled (chart value `rollout.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
 }
 
 fn default_usages() -> Vec<Usage> {
@@ -368,6 +376,68 @@ fn default_probe_timeout() -> String {
     "10s".into()
 }
 
+/// Which workloads to restart after a renewal, and how long a rollout may take.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Deployments, StatefulSets and DaemonSets of this namespace that mount
+    /// the Secret. Only these are ever touched; workloads of other namespaces
+    /// cannot be named. A workload whose replicas already serve the new
+    /// certificate (hot reload, seen by the probe) is not restarted.
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self.all(w, self.exists_one(v, v.kind == w.kind && v.name == w.name))").message("rollout.workloads must not repeat"))]
+    pub workloads: Vec<WorkloadRef>,
+    /// How long the rollout of all workloads may take, e.g. `10m` (default),
+    /// from the renewal. A rollout not finished by then is reported
+    /// (`RolledOut=False`, an Event naming the workload) and left to
+    /// Kubernetes: its old replicas keep serving, nothing is retried.
+    #[serde(default = "default_rollout_timeout")]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub timeout: String,
+}
+
+fn default_rollout_timeout() -> String {
+    "10m".into()
+}
+
+/// A workload in the request's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (group `apps`).
+    pub kind: WorkloadKind,
+    /// Name of the workload, in the request's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+}
+
+/// A kind of workload the operator can restart.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
 /// A Service port.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -418,6 +488,58 @@ pub struct CertificateRequestStatus {
     /// The latest probe results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeStatus>,
+    /// The latest rollout after a renewal (with `spec.rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// The latest rollout: issued, rolled out, verified, with times.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The certificate this rollout brought to the workloads (SHA-256 fingerprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint_sha256: Option<String>,
+    /// When the certificate was issued and the rollout began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When every workload had rolled out, been skipped or given up on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// When the probe after the rollout found every endpoint serving this certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_time: Option<Time>,
+    /// One entry per workload of `spec.rollout`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRolloutStatus>,
+}
+
+/// What happened to one workload.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRolloutStatus {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// Name of the workload.
+    pub name: String,
+    /// `Pending` (waiting for the probe to tell whether it needs a restart),
+    /// `Waiting` (mid-rollout already; restarted once that ends), `Restarted`
+    /// (rolling), `RolledOut`, `Skipped` (its replicas already serve the new
+    /// certificate), `TimedOut`, `NotFound`.
+    pub state: String,
+    /// When the operator restarted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_time: Option<Time>,
+    /// Seconds from the restart until every replica was updated and available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_seconds: Option<i64>,
+    /// Pods of this workload that the probe after the rollout found serving
+    /// another certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_pods: Vec<String>,
+    /// What the operator saw, in a sentence.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// The latest probe of the Service's endpoints.

@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// commas): probes refuse endpoints outside them. Unset: unknown, not checked.
     #[arg(long = "pod-cidr", value_name = "CIDR", value_delimiter = ',', value_parser = parse_range)]
     pub pod_cidrs: Vec<crate::probe::admission::IpRange>,
+    /// Restart the workloads a request names in spec.rollout after each
+    /// renewal (needs get and patch on apps Deployments, StatefulSets and
+    /// DaemonSets). Without it such requests report RolledOut=False, RolloutDisabled.
+    #[arg(long)]
+    pub enable_rollout: bool,
     /// Address of the admin endpoints (/metrics, /livez, /readyz); port 0 picks one.
     #[arg(long, env = "P12_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
     pub admin_bind_address: std::net::SocketAddr,

@@ -57,6 +57,8 @@ pub struct Context {
     /// Set once shutdown begins: passes still waiting for a slot give up.
     pub(super) draining: tokio::sync::watch::Sender<bool>,
     pub(super) probe: Option<probe::ProbeState>,
+    /// Workloads named in `spec.rollout` may be restarted (`--enable-rollout`).
+    pub(super) rollout: bool,
     pub leadership: crate::leader::Leadership,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -71,6 +73,7 @@ pub struct ContextSettings {
     pub ca: CaSettings,
     pub concurrency: u16,
     pub probe: Option<probe::ProbeState>,
+    pub rollout: bool,
     pub leadership: crate::leader::Leadership,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub health: Arc<crate::admin::Health>,
@@ -146,6 +149,7 @@ impl Context {
             passes: Semaphore::new(usize::from(settings.concurrency.max(1))),
             draining: tokio::sync::watch::channel(false).0,
             probe: settings.probe,
+            rollout: settings.rollout,
             leadership: settings.leadership,
             metrics: settings.metrics,
         };

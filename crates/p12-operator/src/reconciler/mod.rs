@@ -9,7 +9,8 @@
 //! references), `pass` one pass over a request and its outcome, `secret_write`
 //! the Secret, `issue` the key and certificate, `record` status, Events and
 //! metrics, `run` the watches and the controller loop; `trust` keeps the
-//! trust-bundle ConfigMaps of the selected namespaces.
+//! trust-bundle ConfigMaps of the selected namespaces; `rollout` restarts the
+//! workloads a request names after a renewal.
 
 mod admission;
 pub mod ca;
@@ -18,6 +19,7 @@ mod issue;
 mod pass;
 pub mod probe;
 mod record;
+mod rollout;
 mod run;
 pub mod secret_index;
 mod secret_write;

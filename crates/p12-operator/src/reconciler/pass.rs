@@ -1,4 +1,4 @@
-//! One pass over one request: plan → CA → converge the Secret → probe → status,
+//! One pass over one request: plan → CA → converge the Secret → rollout → probe → status,
 //! and what its outcome means (requeue, back off, or report a refusal the user
 //! must fix). Uses `context`, `secret_write`, `probe` and `record`.
 
@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::context::{Context, request_key};
 use super::record::{publish, record_request_metrics, write_status};
 use super::secret_write::converge;
-use super::{Error, probe, status};
+use super::{Error, probe, rollout, status};
 use crate::api::CertificateRequest;
 use crate::events::Kind as EventType;
 use crate::plan;
@@ -135,12 +135,15 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
         };
         match converged? {
             Ok((mut status, renewal)) => {
-                let next_probe = probe::step(&cr, &ctx, &mut status, &ca.root_pem()).await?;
+                let rolling = rollout::step(&cr, &ctx, &mut status).await?;
+                let next_probe =
+                    probe::step(&cr, &ctx, &mut status, &ca.root_pem(), rolling.hold_probe).await?;
                 record_request_metrics(&ctx, &cr, &status);
                 write_status(&ctx, &cr, status).await?;
                 let renew_in = requeue_after(renewal);
+                let next = next_probe.into_iter().chain(rolling.next).min();
                 Ok(Ok(Action::requeue(
-                    next_probe.map_or(renew_in, |p| p.min(renew_in)),
+                    next.map_or(renew_in, |p| p.min(renew_in)),
                 )))
             }
             Err(r) => Ok::<_, Error>(Err(r)),

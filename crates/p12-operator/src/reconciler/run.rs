@@ -125,6 +125,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     pod_reader.clone(),
                 )
             }),
+            rollout: args.enable_rollout,
             leadership: leadership.clone(),
             metrics: metrics.clone(),
             health: health.clone(),

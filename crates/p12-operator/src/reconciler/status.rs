@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 pub const ISSUED: &str = "Issued";
 pub const VERIFIED: &str = "Verified";
+pub const ROLLED_OUT: &str = "RolledOut";
 
 /// Sets condition `type_` in `conditions`, keeping its lastTransitionTime when
 /// the status did not change.

@@ -167,6 +167,13 @@ impl ProbeState {
         self.rounds.lock().unwrap().remove(request);
     }
 
+    /// Probes the request's Service as soon as its grace allows (a rollout
+    /// just finished), as an endpoint change would.
+    pub fn probe_soon(&self, request: &ObjectRef<CertificateRequest>) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed.lock().unwrap().insert(request.clone(), seq);
+    }
+
     fn is_changed(&self, request: &ObjectRef<CertificateRequest>) -> bool {
         self.changed.lock().unwrap().contains_key(request)
     }
@@ -194,12 +201,15 @@ impl ProbeState {
 }
 
 /// Runs the probe part of a pass. `status` already describes the issued
-/// certificate; returns when the next probe is due.
+/// certificate; returns when the next probe is due. With `hold` (a rollout is
+/// under way) a round in progress is finished but no new one starts: replicas
+/// mid-restart would only be reported stale.
 pub async fn step(
     cr: &CertificateRequest,
     ctx: &Context,
     status: &mut CertificateRequestStatus,
     ca_pem: &str,
+    hold: bool,
 ) -> Result<Option<Duration>, Error> {
     let Some(state) = &ctx.probe else {
         return Ok(None);
@@ -388,6 +398,9 @@ pub async fn step(
     // No round here: any probe pod of this request is a leftover (of a
     // previous process, or of a round given up).
     delete_leftovers(ctx, state, pod_ns, &names).await?;
+    if hold {
+        return Ok(Some(Duration::from_secs(5)));
+    }
 
     // Is a probe due, and when?
     let now = Timestamp::now();

@@ -16,6 +16,7 @@ mod issuance;
 mod ownership;
 mod policy;
 mod probing;
+mod rolling;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -281,6 +282,7 @@ fn harness_with_probe(
             },
             concurrency: 4,
             probe,
+            rollout: true,
             leadership,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             health: Arc::new(crate::admin::Health::default()),
