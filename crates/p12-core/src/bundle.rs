@@ -10,7 +10,7 @@ use k8s_openapi::ByteString;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::keystore::{self, Profile};
-use crate::pki::{self, CertificateAuthority, PrivateKey};
+use crate::pki::{self, Authorities, CertificateAuthority, PrivateKey};
 use crate::plan::Plan;
 use crate::sensitive::SecretString;
 use sha2::Sha256;
@@ -83,11 +83,17 @@ fn pem_block(tag: &str, der: &[u8]) -> String {
 /// password when the operator generated it.
 pub fn build_data(
     material: &Material,
-    ca: &CertificateAuthority,
+    authorities: &Authorities,
     plan: &Plan,
     password: &SecretString,
     generated_password: bool,
 ) -> Result<BTreeMap<String, ByteString>, keystore::KeystoreError> {
+    // The chain of the CA that signed the leaf (the issuing CA, or the
+    // previous one for a leaf not re-issued yet after a switch).
+    let ca = authorities
+        .issuer_of(&material.leaf_der)
+        .unwrap_or(authorities.current());
+    let trust = authorities.bundle();
     // keystore.p12: leaf, then the CA chain up to the root (Java wants it whole).
     let keystore = keystore::build_keystore(
         &material.key,
@@ -97,8 +103,7 @@ pub fn build_data(
         password,
         plan.keystore_profile,
     )?;
-    let truststore =
-        keystore::build_truststore(&[ca.root_der().to_vec()], password, plan.keystore_profile)?;
+    let truststore = keystore::build_truststore(trust.roots(), password, plan.keystore_profile)?;
     // tls.crt: leaf and intermediates, not the root — as web servers expect.
     let mut tls_crt = pem_block("CERTIFICATE", &material.leaf_der);
     for der in ca.chain() {
@@ -114,7 +119,7 @@ pub fn build_data(
         TLS_KEY.into(),
         ByteString(material.key.to_pem().expose().as_bytes().to_vec()),
     );
-    data.insert(CA_CRT.into(), ByteString(ca.root_pem().into_bytes()));
+    data.insert(CA_CRT.into(), ByteString(trust.pem().into_bytes()));
     if generated_password {
         data.insert(
             PASSWORD.into(),
@@ -212,14 +217,21 @@ pub fn issued_by(leaf_der: &[u8], ca: &CertificateAuthority) -> bool {
 
 /// Judges an existing Secret against the plan. `renew_requested` is true when a
 /// forced renewal has not been honoured yet.
+///
+/// A leaf signed by another CA of `authorities` than the issuing one (the
+/// previous CA, after a switch) is still trusted: it is re-issued
+/// (`CARotated`) only when `reissue_rotated` says this pass may, so a switch
+/// re-issues leaves at a pace, not all at once.
+#[allow(clippy::too_many_arguments)]
 pub fn assess(
     data: &BTreeMap<String, ByteString>,
     annotations: &BTreeMap<String, String>,
     existing: &Existing,
     plan: &Plan,
-    ca: &CertificateAuthority,
+    authorities: &Authorities,
     password: &SecretString,
     renew_requested: bool,
+    reissue_rotated: bool,
     now: Timestamp,
 ) -> Verdict {
     let (Some(key), Some(leaf)) = (&existing.key, &existing.leaf_der) else {
@@ -231,9 +243,9 @@ pub fn assess(
     if !pki::key_matches_certificate(key, leaf).unwrap_or(false) {
         return Verdict::Reissue("KeyMismatch");
     }
-    if !issued_by(leaf, ca) {
+    let Some(issuer) = authorities.issuer_of(leaf) else {
         return Verdict::Reissue("CAChanged");
-    }
+    };
     if annotations.get(annotations::SPEC_HASH) != Some(&plan.spec_hash)
         || key.algorithm() != plan.key_algorithm
     {
@@ -248,6 +260,9 @@ pub fn assess(
     if now >= crate::plan::renewal_time(plan, facts.not_before, facts.not_after) {
         return Verdict::Reissue("RenewalDue");
     }
+    if reissue_rotated && !std::sync::Arc::ptr_eq(issuer, authorities.current()) {
+        return Verdict::Reissue("CARotated");
+    }
 
     if annotations.get(annotations::PROFILE).map(String::as_str)
         != Some(plan.keystore_profile.name())
@@ -260,10 +275,14 @@ pub fn assess(
     let mac = annotations
         .get(annotations::KEYSTORE_MAC)
         .map(String::as_str);
-    if !keystore_mac_matches(mac, ca, data, plan, password) {
+    // Written under any CA the operator holds: a switch invalidates no MAC.
+    if !authorities
+        .all()
+        .any(|ca| keystore_mac_matches(mac, ca, data, plan, password))
+    {
         return Verdict::Reencrypt("KeystoreStale");
     }
-    if data.get(CA_CRT).map(|b| b.0.as_slice()) != Some(ca.root_pem().as_bytes()) {
+    if data.get(CA_CRT).map(|b| b.0.as_slice()) != Some(authorities.bundle().pem().as_bytes()) {
         return Verdict::Reencrypt("CABundleStale");
     }
     let stored = data.get(PASSWORD).map(|b| b.0.as_slice());
@@ -408,7 +427,7 @@ mod tests {
     use std::time::Duration;
 
     struct Fixture {
-        ca: CertificateAuthority,
+        ca: std::sync::Arc<CertificateAuthority>,
         plan: Plan,
         password: SecretString,
         data: BTreeMap<String, ByteString>,
@@ -437,7 +456,15 @@ mod tests {
         let leaf_der = pki::sign(&ca, &csr, &plan.leaf, now).unwrap().der;
         let password = generate_password();
         let material = Material { key, leaf_der };
-        let data = build_data(&material, &ca, &plan, &password, true).unwrap();
+        let ca = std::sync::Arc::new(ca);
+        let data = build_data(
+            &material,
+            &Authorities::single(ca.clone()),
+            &plan,
+            &password,
+            true,
+        )
+        .unwrap();
         let facts = CertFacts::of(&material.leaf_der).unwrap();
         let mut annotations = secret_annotations("shop/web", &plan, &facts, &ca, 1, None);
         annotations.insert(
@@ -462,11 +489,79 @@ mod tests {
             &annotations,
             &Existing::read(&f.data),
             &f.plan,
-            &f.ca,
+            &Authorities::single(f.ca.clone()),
             &f.password,
+            false,
             false,
             f.now,
         )
+    }
+
+    #[test]
+    fn after_a_switch_the_previous_cas_leaves_stay_valid_until_their_turn_to_be_reissued() {
+        let f = fixture();
+        let next = std::sync::Arc::new(
+            CertificateAuthority::generate_self_signed(
+                KeyAlgorithm::EcdsaP256,
+                "next CA",
+                Duration::from_secs(86_400 * 365),
+                f.now,
+            )
+            .unwrap(),
+        );
+        let judge = |authorities: &Authorities, data: &BTreeMap<String, ByteString>, reissue| {
+            assess(
+                data,
+                &f.annotations,
+                &Existing::read(data),
+                &f.plan,
+                authorities,
+                &f.password,
+                false,
+                reissue,
+                f.now,
+            )
+        };
+        // The overlap: the next root joins the bundle, the Secret needs only new trust files.
+        let overlap = Authorities::new(f.ca.clone(), vec![next.clone()]);
+        assert_eq!(
+            judge(&overlap, &f.data, false),
+            Verdict::Reencrypt("CABundleStale")
+        );
+        let material = Material {
+            key: Existing::read(&f.data).key.unwrap(),
+            leaf_der: Existing::read(&f.data).leaf_der.unwrap(),
+        };
+        let rewritten = build_data(&material, &overlap, &f.plan, &f.password, true).unwrap();
+        assert_eq!(rewritten[CA_CRT].0, overlap.bundle().pem().into_bytes());
+        // The switch: the next CA issues; the old leaf, its MAC (keyed by the old
+        // CA) and the bundle (same roots, same order) are all still good.
+        let switched = Authorities::new(next.clone(), vec![f.ca.clone()]);
+        let mut annotations = f.annotations.clone();
+        annotations.insert(
+            annotations::KEYSTORE_MAC.into(),
+            keystore_mac(&f.ca, &rewritten, &f.plan, &f.password),
+        );
+        let verdict = |reissue| {
+            assess(
+                &rewritten,
+                &annotations,
+                &Existing::read(&rewritten),
+                &f.plan,
+                &switched,
+                &f.password,
+                false,
+                reissue,
+                f.now,
+            )
+        };
+        assert_eq!(verdict(false), Verdict::Current, "no rewrite at the switch");
+        assert_eq!(verdict(true), Verdict::Reissue("CARotated"));
+        // Once the old CA is gone from the authorities, its leaf is re-issued whatever the pace.
+        assert_eq!(
+            judge(&Authorities::single(next), &rewritten, false),
+            Verdict::Reissue("CAChanged")
+        );
     }
 
     /// The v1 MAC older operators wrote: HMAC-SHA256 keyed with SHA-256 of a

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub keys_generated: Counter,
     /// 1 for the reason no CA is usable, 0 for the reasons that no longer hold.
     pub ca_problem: Family<ReasonLabels, Gauge>,
+    /// Secrets still holding a certificate of the previous CA (CA rotation).
+    pub ca_previous_leaves: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,7 @@ impl Metrics {
             events_dropped: Counter::default(),
             keys_generated: Counter::default(),
             ca_problem: Family::default(),
+            ca_previous_leaves: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -101,6 +104,11 @@ impl Metrics {
             m.renewal_time.clone(),
         );
         registry.register("reconciles", "Reconcile passes run", m.reconciles.clone());
+        registry.register(
+            "ca_previous_leaves",
+            "During a CA rotation, issued Secrets that still hold a certificate of the previous CA",
+            m.ca_previous_leaves.clone(),
+        );
         registry.register(
             "ca_problem",
             "1 while no CA is usable, labelled with why (CAMissing, CAInvalid, CANotFound, CAUnavailable); 0 once that reason no longer holds",

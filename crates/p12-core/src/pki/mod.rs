@@ -5,6 +5,7 @@
 //! [`csr::VerifiedCsr::parse_and_verify`] → [`policy::Policy::check`] →
 //! [`signer::sign`] with a [`ca::CertificateAuthority`].
 
+pub mod authorities;
 pub mod ca;
 pub mod csr;
 pub(crate) mod der;
@@ -14,6 +15,7 @@ pub mod policy;
 pub mod signer;
 pub mod trust;
 
+pub use authorities::Authorities;
 pub use ca::{CertificateAuthority, ChainProblem};
 pub use csr::{CsrSubject, SubjectAltNames, VerifiedCsr, build_csr};
 pub use keys::{KeyAlgorithm, PrivateKey};

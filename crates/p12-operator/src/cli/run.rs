@@ -31,6 +31,23 @@ pub struct RunArgs {
     /// Common name of a created CA.
     #[arg(long, default_value = "p12-operator CA")]
     pub ca_common_name: String,
+    /// Rotate an operator-made root by itself: stage the next root at
+    /// --ca-rotate-at of its life, switch after --ca-overlap.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ca_rotate: bool,
+    /// The fraction of an operator-made root's life after which the next root
+    /// is staged (its root joins every trust bundle).
+    #[arg(long, default_value_t = 2.0 / 3.0, value_parser = parse_fraction)]
+    pub ca_rotate_at: f64,
+    /// Time between staging the next CA and issuing from it: long enough for
+    /// every Secret and trust ConfigMap to carry the new root and for
+    /// workloads to reload their trust.
+    #[arg(long, default_value = "720h", value_parser = duration::parse)]
+    pub ca_overlap: Duration,
+    /// During a CA rotation, Secrets rewritten with the new trust bundle (or
+    /// re-issued from the new CA) per second, after a burst of 20.
+    #[arg(long, default_value_t = 20.0)]
+    pub ca_rewrites_per_second: f64,
     /// Shortest certificate lifetime a request may ask for (policy).
     #[arg(long, default_value = "1h", value_parser = duration::parse)]
     pub min_duration: Duration,
@@ -129,6 +146,13 @@ fn parse_selector(s: &str) -> Result<LabelSelector, String> {
         match_labels: Some(labels),
         match_expressions: None,
     })
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|f| (0.05..=0.95).contains(f))
+        .ok_or_else(|| format!("{s:?} is not a fraction between 0.05 and 0.95, e.g. 0.667"))
 }
 
 fn parse_range(s: &str) -> Result<crate::probe::admission::IpRange, String> {

@@ -73,11 +73,11 @@ pub fn from_secret(
 
 /// Loads the CA, creating a self-signed root when the Secret is absent and
 /// creation is allowed. An existing Secret is never overwritten, even when broken.
-/// Returns the CA and the resourceVersion of the Secret it came from.
+/// Returns the CA and the Secret it came from.
 pub async fn ensure(
     api: &Api<Secret>,
     settings: &CaSettings,
-) -> Result<(CertificateAuthority, String), CaProblem> {
+) -> Result<(CertificateAuthority, Secret), CaProblem> {
     let unavailable = |e: kube::Error| CaProblem {
         reason: "CAUnavailable",
         message: format!(
@@ -87,14 +87,7 @@ pub async fn ensure(
             crate::telemetry::error_chain(&e)
         ),
     };
-    let loaded = |secret: &Secret| {
-        from_secret(secret, settings).map(|ca| {
-            (
-                ca,
-                secret.metadata.resource_version.clone().unwrap_or_default(),
-            )
-        })
-    };
+    let loaded = |secret: &Secret| from_secret(secret, settings).map(|ca| (ca, secret.clone()));
     if let Some(secret) = api
         .get_opt(&settings.secret_name)
         .await
@@ -146,7 +139,7 @@ async fn an_issued_secret(
 pub async fn create_root(
     api: &Api<Secret>,
     settings: &CaSettings,
-) -> Result<(CertificateAuthority, String), CaProblem> {
+) -> Result<(CertificateAuthority, Secret), CaProblem> {
     let unavailable = |e: kube::Error| CaProblem {
         reason: "CAUnavailable",
         message: format!(
@@ -156,14 +149,7 @@ pub async fn create_root(
             crate::telemetry::error_chain(&e)
         ),
     };
-    let loaded = |secret: &Secret| {
-        from_secret(secret, settings).map(|ca| {
-            (
-                ca,
-                secret.metadata.resource_version.clone().unwrap_or_default(),
-            )
-        })
-    };
+    let loaded = |secret: &Secret| from_secret(secret, settings).map(|ca| (ca, secret.clone()));
     if !settings.create {
         return Err(CaProblem {
             reason: "CANotFound",
@@ -223,7 +209,7 @@ pub async fn create_root(
     {
         Ok(created) => {
             tracing::info!(secret = %location(settings), fingerprint = %ca.fingerprint(), "created a self-signed root CA");
-            Ok((ca, created.metadata.resource_version.unwrap_or_default()))
+            Ok((ca, created))
         }
         // Another replica won the race: use what it wrote.
         Err(kube::Error::Api(e)) if e.code == 409 => match api
@@ -246,6 +232,66 @@ pub async fn create_root(
                 crate::telemetry::error_chain(&e)
             ),
         }),
+    }
+}
+
+/// How often the rotation's Secrets and times are looked at (three GETs).
+const ROTATION_TICK: Duration = Duration::from_secs(5);
+
+/// Takes the rotation's next step when it is due and this replica leads;
+/// true when it wrote something.
+async fn take_rotation_step(
+    ctx: &super::Context,
+    api: &Api<Secret>,
+    loaded: &super::rotation::Loaded,
+) -> bool {
+    use super::rotation::{self, Step};
+    let previous_leaves = loaded
+        .previous
+        .as_ref()
+        .filter(|_| ctx.secrets_synced())
+        .map(|(p, _)| ctx.secrets.lock().unwrap().issued_by(&p.fingerprint()));
+    // Since when no Secret holds a certificate of the previous CA.
+    let done_since = {
+        let mut since = ctx.previous_gone_since.lock().unwrap();
+        match previous_leaves {
+            Some(0) => *since.get_or_insert_with(std::time::Instant::now),
+            _ => {
+                *since = None;
+                std::time::Instant::now() + Duration::from_secs(86_400)
+            }
+        }
+    };
+    let previous_done = done_since.elapsed() >= ctx.rotation.overlap;
+    if let Some(n) = previous_leaves {
+        ctx.metrics.ca_previous_leaves.set(n as i64);
+    }
+    let now = jiff::Timestamp::now();
+    let step = rotation::next_step(loaded, previous_done, &ctx.rotation, now);
+    if step == Step::Nothing || ctx.leadership.check().is_err() {
+        return false;
+    }
+    let settings = &ctx.ca_settings;
+    let done = match step {
+        Step::StageNext => rotation::stage_next(api, settings, ctx.rotation.overlap, now)
+            .await
+            .map(|ca| {
+                tracing::info!(fingerprint = %ca.fingerprint(), switch_in = ?ctx.rotation.overlap, "CA rotation: staged the next root; its root joins every trust bundle now");
+            }),
+        Step::Switch => rotation::switch(api, settings, loaded).await.map(|()| {
+            tracing::info!(from = %loaded.current.0.fingerprint(), to = ?loaded.next.as_ref().map(|(n, _)| n.fingerprint()), "CA rotation: the next CA issues now; the previous one stays trusted until its certificates are re-issued");
+        }),
+        Step::Retire => rotation::retire(api, settings, loaded).await.map(|()| {
+            tracing::info!(fingerprint = ?loaded.previous.as_ref().map(|(p, _)| p.fingerprint()), "CA rotation: no certificate of the previous CA is left; its root leaves the trust bundle");
+        }),
+        Step::Nothing => Ok(()),
+    };
+    match done {
+        Ok(()) => true,
+        Err(p) => {
+            tracing::warn!(?step, message = %p.message, "CA rotation step failed; retrying");
+            false
+        }
     }
 }
 
@@ -278,19 +324,29 @@ pub async fn keep_loaded(
     let mut attempt = 0u32;
     let mut last_problem: Option<String> = None;
     loop {
-        let result = ensure(&api, &ctx.ca_settings).await;
+        let result = match ensure(&api, &ctx.ca_settings).await {
+            Ok(current) => super::rotation::load(&api, &ctx.ca_settings, current).await,
+            Err(p) => Err(p),
+        };
         let previous = ctx.ca().ok().map(|c| c.fingerprint());
         let wait_for_change_of = match result {
-            Ok((ca, version)) => {
+            Ok(loaded) => {
                 attempt = 0;
                 last_problem = None;
-                let fingerprint = ca.fingerprint();
+                if take_rotation_step(&ctx, &api, &loaded).await {
+                    // Something was written: read it back before using it.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let authorities = loaded.authorities();
+                let fingerprint = authorities.fingerprint();
                 if previous.as_deref() != Some(fingerprint.as_str()) {
-                    tracing::info!(fingerprint = %fingerprint, not_after = %ca.not_after(), "CA loaded");
-                    ctx.set_ca(Ok(std::sync::Arc::new(ca)));
+                    let ca = authorities.current();
+                    tracing::info!(fingerprint = %ca.fingerprint(), not_after = %ca.not_after(), roots = ?authorities.bundle().fingerprints(), "CA loaded");
+                    ctx.set_ca(Ok(std::sync::Arc::new(authorities)));
                     let _ = revisit_all.try_send(());
                 }
-                Some(version)
+                loaded.current.1.metadata.resource_version.clone()
             }
             Err(problem) => {
                 // The same failure is logged once, not at every retry.
@@ -327,13 +383,17 @@ pub async fn keep_loaded(
             let _ = f.send(());
         }
         match wait_for_change_of {
-            // Loaded: the next attempt is for a new version of the Secret.
+            // Loaded: the next attempt is for a new version of the Secret, or
+            // a rotation's next step (its Secrets and its times are looked at
+            // every few seconds).
             Some(version) => {
-                let changed = seen
-                    .wait_for(|v| v.as_ref().is_some_and(|v| *v != version))
-                    .await;
-                if changed.is_err() {
-                    return;
+                tokio::select! {
+                    changed = seen.wait_for(|v| v.as_ref().is_some_and(|v| *v != version)) => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(ROTATION_TICK) => {}
                 }
             }
             // Missing or broken: a person has to act; look again on any change.

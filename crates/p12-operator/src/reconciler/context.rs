@@ -21,7 +21,7 @@ use super::secret_write::Checked;
 use crate::api::{CertificateRequest, CertificateRequestStatus};
 use crate::bundle;
 use crate::events::Recorder;
-use crate::pki::{CertificateAuthority, Policy};
+use crate::pki::{Authorities, Policy};
 
 pub struct Context {
     pub client: Client,
@@ -32,7 +32,10 @@ pub struct Context {
     /// Who may get which names: IssuancePolicies, namespace labels, Services.
     pub admission: super::Admission,
     pub(super) ca_settings: CaSettings,
-    pub(super) ca: RwLock<Result<Arc<CertificateAuthority>, CaProblem>>,
+    pub(super) rotation: super::rotation::RotationSettings,
+    /// Since when no Secret holds a certificate of the previous CA (rotation).
+    pub(super) previous_gone_since: Mutex<Option<std::time::Instant>>,
+    pub(super) ca: RwLock<Result<Arc<Authorities>, CaProblem>>,
     /// Readiness: `/readyz` fails while no CA is usable.
     pub(super) health: Arc<crate::admin::Health>,
     pub(super) secrets: Mutex<SecretIndex>,
@@ -59,6 +62,8 @@ pub struct Context {
     pub(super) probe: Option<probe::ProbeState>,
     /// Workloads named in `spec.rollout` may be restarted (`--enable-rollout`).
     pub(super) rollout: bool,
+    /// Turns for the writes of a CA rotation (`--ca-rewrites-per-second`).
+    pub(super) rotation_pace: super::pace::Pace,
     pub leadership: crate::leader::Leadership,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -71,27 +76,30 @@ pub struct ContextSettings {
     pub policy: Policy,
     pub admission: super::Admission,
     pub ca: CaSettings,
+    pub rotation: super::rotation::RotationSettings,
     pub concurrency: u16,
     pub probe: Option<probe::ProbeState>,
     pub rollout: bool,
+    /// Secrets rewritten (or re-issued) per second during a CA rotation.
+    pub rotation_rate: f64,
     pub leadership: crate::leader::Leadership,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub health: Arc<crate::admin::Health>,
 }
 
 impl Context {
-    pub(super) fn ca(&self) -> Result<Arc<CertificateAuthority>, CaProblem> {
+    /// The issuing CA and, during a rotation, the others clients trust.
+    pub(super) fn ca(&self) -> Result<Arc<Authorities>, CaProblem> {
         self.ca.read().unwrap().clone()
     }
 
     /// The roots clients should trust, from the loaded CA: the one place a
     /// rotation adds the next (or keeps the previous) root. None without a CA.
     pub(super) fn trust_bundle(&self) -> Option<crate::pki::TrustBundle> {
-        let ca = self.ca().ok()?;
-        crate::pki::TrustBundle::new([ca.root_der().to_vec()]).ok()
+        Some(self.ca().ok()?.bundle().clone())
     }
 
-    pub(super) fn set_ca(&self, ca: Result<Arc<CertificateAuthority>, CaProblem>) {
+    pub(super) fn set_ca(&self, ca: Result<Arc<Authorities>, CaProblem>) {
         self.health
             .set_ca_problem(ca.as_ref().err().map(|p| p.message.clone()));
         for reason in ["CAMissing", "CAInvalid", "CANotFound", "CAUnavailable"] {
@@ -133,6 +141,8 @@ impl Context {
             policy: settings.policy,
             admission: settings.admission,
             ca_settings: settings.ca,
+            rotation: settings.rotation,
+            previous_gone_since: Mutex::default(),
             ca: RwLock::new(Err(not_yet)),
             health: settings.health,
             secrets: Mutex::default(),
@@ -150,6 +160,7 @@ impl Context {
             draining: tokio::sync::watch::channel(false).0,
             probe: settings.probe,
             rollout: settings.rollout,
+            rotation_pace: super::pace::Pace::new(settings.rotation_rate),
             leadership: settings.leadership,
             metrics: settings.metrics,
         };
@@ -202,6 +213,7 @@ impl Context {
         if let Some(probe) = &self.probe {
             probe.forget(&key);
         }
+        self.rotation_pace.forget(&key);
         remove_and_shrink(&mut self.checked.lock().unwrap(), &key);
         remove_and_shrink(&mut self.written.lock().unwrap(), &key);
         remove_and_shrink(&mut self.failures.lock().unwrap(), &key);

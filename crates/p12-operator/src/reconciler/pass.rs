@@ -117,7 +117,7 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
         };
         // Names the CA's chain may not certify are refused before any key exists;
         // a change of CA revisits every request.
-        if let Err(v) = ca.check_leaf(&plan.leaf) {
+        if let Err(v) = ca.current().check_leaf(&plan.leaf) {
             return Ok(Err(Refusal {
                 reason: v.reason(),
                 message: v.to_string(),
@@ -136,8 +136,14 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
         match converged? {
             Ok((mut status, renewal)) => {
                 let rolling = rollout::step(&cr, &ctx, &mut status).await?;
-                let next_probe =
-                    probe::step(&cr, &ctx, &mut status, &ca.root_pem(), rolling.hold_probe).await?;
+                let next_probe = probe::step(
+                    &cr,
+                    &ctx,
+                    &mut status,
+                    &ca.bundle().pem(),
+                    rolling.hold_probe,
+                )
+                .await?;
                 record_request_metrics(&ctx, &cr, &status);
                 write_status(&ctx, &cr, status).await?;
                 let renew_in = requeue_after(renewal);

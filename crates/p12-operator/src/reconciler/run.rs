@@ -111,6 +111,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 builtin_default: args.default_policy,
             }),
             ca: ca_settings,
+            rotation: super::rotation::RotationSettings {
+                automatic: args.ca_rotate,
+                rotate_at: args.ca_rotate_at,
+                overlap: args.ca_overlap,
+            },
             concurrency: args.concurrency,
             probe: (!args.disable_probes).then(|| {
                 probe::ProbeState::new(
@@ -125,6 +130,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     pod_reader.clone(),
                 )
             }),
+            rotation_rate: args.ca_rewrites_per_second,
             rollout: args.enable_rollout,
             leadership: leadership.clone(),
             metrics: metrics.clone(),
@@ -316,7 +322,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .modify(|s| {
             s.managed_fields_mut().clear();
-            s.annotations_mut().clear();
+            // Only the issuing CA's fingerprint is read (CA rotation).
+            s.annotations_mut().retain(|k, _| k == ann::CA_FINGERPRINT);
         })
         .inspect_ok({
             let forgotten = forgotten.clone();

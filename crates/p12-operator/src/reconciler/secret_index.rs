@@ -29,6 +29,15 @@ pub struct ManagedSecret {
     pub resource_version: String,
     /// uid of the CertificateRequest that controls it, if any.
     pub controller_uid: Option<String>,
+    /// The first 8 bytes of the SHA-256 fingerprint of the CA that signed its
+    /// certificate (annotation `p12-operator.io/ca-fingerprint-sha256`), so a
+    /// rotation can tell when no certificate of the previous CA is left.
+    pub issuer: Option<u64>,
+}
+
+/// The short form of a CA fingerprint (hex) that the index keeps.
+pub fn issuer_key(fingerprint_hex: &str) -> Option<u64> {
+    u64::from_str_radix(fingerprint_hex.get(..16)?, 16).ok()
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +68,10 @@ pub fn entry_for(s: &PartialObjectMeta<Secret>) -> Option<ManagedSecret> {
     (labelled || controller_uid.is_some()).then(|| ManagedSecret {
         resource_version: s.resource_version().unwrap_or_default(),
         controller_uid,
+        issuer: s
+            .annotations()
+            .get(bundle::annotations::CA_FINGERPRINT)
+            .and_then(|f| issuer_key(f)),
     })
 }
 
@@ -77,6 +90,15 @@ impl SecretIndex {
     /// means the Secret is absent (or not ours).
     pub fn synced(&self) -> bool {
         self.synced
+    }
+
+    /// How many Secrets hold a certificate of the CA with this fingerprint.
+    pub fn issued_by(&self, fingerprint_hex: &str) -> usize {
+        let key = issuer_key(fingerprint_hex);
+        self.live
+            .values()
+            .filter(|s| key.is_some() && s.issuer == key)
+            .count()
     }
 
     pub fn len(&self) -> usize {

@@ -22,7 +22,7 @@ use super::{Error, status};
 use crate::api::{CertificateRequest, CertificateRequestStatus, RotationPolicy};
 use crate::bundle::{self, Existing, Material, Verdict, annotations as ann};
 use crate::events::Kind as EventType;
-use crate::pki::CertificateAuthority;
+use crate::pki::Authorities;
 use crate::plan::{self, PasswordSource, Plan};
 use crate::sensitive::SecretString;
 
@@ -124,7 +124,7 @@ pub(super) async fn converge(
     cr: &CertificateRequest,
     ctx: &Context,
     plan: &Plan,
-    ca: &Arc<CertificateAuthority>,
+    ca: &Arc<Authorities>,
     force_get: bool,
 ) -> Result<Result<(CertificateRequestStatus, Timestamp), Refusal>, Error> {
     let ns = cr.namespace().unwrap_or_default();
@@ -208,7 +208,7 @@ pub(super) async fn converge(
         renew_token.is_some() && live_annotations.get(ann::RENEW_HONOURED) != renew_token.as_ref();
 
     let verdict = if live.is_none() {
-        Verdict::Reissue("Missing")
+        (Verdict::Reissue("Missing"), false)
     } else {
         let (d, a, c, p) = (
             data.clone(),
@@ -219,11 +219,37 @@ pub(super) async fn converge(
         let plan2 = plan.clone();
         let existing2 = Existing::read(&data);
         let now = Timestamp::now();
+        let judge = move |reissue_rotated| {
+            bundle::assess(
+                &d,
+                &a,
+                &existing2,
+                &plan2,
+                &c,
+                &p,
+                renew_requested,
+                reissue_rotated,
+                now,
+            )
+        };
         tokio::task::spawn_blocking(move || {
-            bundle::assess(&d, &a, &existing2, &plan2, &c, &p, renew_requested, now)
+            // After a CA switch, leaves of the previous CA are re-issued (and
+            // after a bundle change, Secrets rewritten) at the rotation pace,
+            // not all at once: without a turn, the Secret stays as it is.
+            match judge(true) {
+                v @ (Verdict::Reissue("CARotated") | Verdict::Reencrypt("CABundleStale")) => {
+                    (v, true)
+                }
+                v => (v, false),
+            }
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+    };
+    let (verdict, paced) = verdict;
+    let (verdict, deferred) = match paced.then(|| ctx.rotation_pace.turn(&oref)) {
+        Some(Err(wait)) => (Verdict::Current, Some(wait)),
+        _ => (verdict, None),
     };
     let work = match verdict {
         Verdict::Reissue(reason) => Work::Issue { reason },
@@ -251,7 +277,7 @@ pub(super) async fn converge(
                 ctx.metrics.keys_generated.inc();
                 tracing::debug!(namespace = %cr.namespace().unwrap_or_default(), request = %cr.name_any(), algorithm = ?plan.key_algorithm, "generating a key pair");
             }
-            let (plan2, ca2) = (plan.clone(), ca.clone());
+            let (plan2, ca2) = (plan.clone(), ca.current().clone());
             let material = tokio::task::spawn_blocking(move || issue(&plan2, &ca2, reuse))
                 .await
                 .map_err(|e| Error::Task(e.to_string()))?;
@@ -274,11 +300,15 @@ pub(super) async fn converge(
     };
     let facts = bundle::CertFacts::of(&material.leaf_der)
         .ok_or_else(|| Error::Task("issued certificate does not parse".into()))?;
+    let issuer = ca
+        .issuer_of(&material.leaf_der)
+        .unwrap_or(ca.current())
+        .clone();
     let annotations = bundle::secret_annotations(
         &cr.name_any(),
         plan,
         &facts,
-        ca,
+        &issuer,
         revision,
         honoured.as_deref(),
     );
@@ -304,10 +334,13 @@ pub(super) async fn converge(
             .collect(),
     };
     let mut annotations = annotations;
-    annotations.insert(
-        ann::KEYSTORE_MAC.into(),
-        bundle::keystore_mac(ca, &new_data, plan, &password),
-    );
+    // New files carry the issuing CA's MAC; unchanged ones keep the MAC they
+    // were verified with (perhaps the previous CA's), so a switch writes nothing.
+    let mac = match (&work, live_annotations.get(ann::KEYSTORE_MAC)) {
+        (Work::Nothing, Some(live_mac)) => live_mac.clone(),
+        _ => bundle::keystore_mac(ca.current(), &new_data, plan, &password),
+    };
+    annotations.insert(ann::KEYSTORE_MAC.into(), mac);
     let desired = desired_secret(cr, live.as_ref(), new_data, annotations);
     let work = match work {
         Work::Nothing
@@ -376,13 +409,20 @@ pub(super) async fn converge(
         crate::faults::crash_point("after-secret-write");
     }
     let renewal = plan::renewal_time(plan, facts.not_before, facts.not_after);
+    // A Secret whose turn in a rotation has not come is looked at again soon.
+    let recheck = match deferred {
+        Some(wait) => {
+            renewal.min(Timestamp::now() + jiff::SignedDuration::try_from(wait).unwrap_or_default())
+        }
+        None => renewal,
+    };
     ctx.checked.lock().unwrap().insert(
         oref.clone(),
         Checked {
             secret_version: written.resource_version().unwrap_or_default().into(),
             inputs: inputs_digest(plan, &ca.fingerprint(), (!generated).then_some(&password)),
             renew_token: renew_token.as_deref().map(Into::into),
-            renewal_time: renewal,
+            renewal_time: recheck,
             serial: facts.serial_hex.as_str().into(),
         },
     );
@@ -477,7 +517,7 @@ pub(super) async fn converge(
     status.revision = Some(revision);
     status.failed_attempts = None;
     status.last_failure_time = None;
-    Ok(Ok((status, renewal)))
+    Ok(Ok((status, recheck)))
 }
 
 fn describe(reason: &str) -> &'static str {

@@ -234,7 +234,10 @@ async fn a_ca_that_cannot_be_read_at_start_up_is_retried_until_it_loads() {
     tokio::time::timeout(Duration::from_secs(120), all_rx.recv())
         .await
         .expect("the CA loaded and every request was revisited");
-    assert_eq!(h.ctx.ca().unwrap().fingerprint(), ca.fingerprint());
+    assert_eq!(
+        h.ctx.ca().unwrap().current().fingerprint(),
+        ca.fingerprint()
+    );
     assert!(h.ctx.health.ca_problem().is_none());
     api.assert_done();
     task.abort();
@@ -314,14 +317,14 @@ async fn on_a_first_start_with_nothing_issued_the_root_is_created() {
     )
     .expect("GET", "/api/v1/secrets", issued_list(&[]))
     .expect("POST", "/api/v1/namespaces/p12-operator/secrets", echo("3"));
-    let (ca, version) = ca::ensure(
+    let (ca, secret) = ca::ensure(
         &Api::namespaced(api.client(), "p12-operator"),
         &h.ctx.ca_settings,
     )
     .await
     .expect("a new root");
     api.assert_done();
-    assert_eq!(version, "3");
+    assert_eq!(secret.metadata.resource_version.as_deref(), Some("3"));
     let created = &api.calls()[2].body;
     assert_eq!(
         created["metadata"]["labels"]["app.kubernetes.io/managed-by"],

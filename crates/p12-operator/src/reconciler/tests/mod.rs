@@ -280,15 +280,21 @@ fn harness_with_probe(
                 api_server: "https://127.0.0.1:6443".into(),
                 watch_namespace: None,
             },
+            rotation: super::rotation::RotationSettings {
+                automatic: true,
+                rotate_at: 2.0 / 3.0,
+                overlap: Duration::from_secs(3600),
+            },
             concurrency: 4,
             probe,
             rollout: true,
+            rotation_rate: 20.0,
             leadership,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             health: Arc::new(crate::admin::Health::default()),
         },
     );
-    ctx.set_ca(Ok(test_ca()));
+    ctx.set_ca(Ok(Arc::new(crate::pki::Authorities::single(test_ca()))));
     Harness { api, ctx, revisit }
 }
 

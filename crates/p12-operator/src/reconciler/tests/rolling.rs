@@ -391,12 +391,18 @@ async fn without_enable_rollout_a_request_asking_for_one_is_told_so_and_nothing_
             concurrency: 1,
             probe: None,
             rollout: false,
+            rotation: super::super::rotation::RotationSettings {
+                automatic: true,
+                rotate_at: 2.0 / 3.0,
+                overlap: Duration::from_secs(3600),
+            },
+            rotation_rate: 20.0,
             leadership: crate::leader::Leadership::always(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             health: Arc::new(crate::admin::Health::default()),
         },
     );
-    ctx.set_ca(Ok(test_ca()));
+    ctx.set_ca(Ok(Arc::new(crate::pki::Authorities::single(test_ca()))));
     ctx.observe_secret(&watcher::Event::Init);
     ctx.observe_secret(&watcher::Event::InitDone);
     let cr = request(ROLLOUT);
