@@ -62,6 +62,65 @@ fn when(now: Timestamp, t: Option<Timestamp>) -> String {
     }
 }
 
+/// The last rotation: issued → rolled out → verified, with times, and what
+/// happened to each workload.
+fn render_rotation(
+    out: &mut String,
+    now: Timestamp,
+    rollout: &crate::api::RolloutStatus,
+    probed: bool,
+) {
+    let _ = writeln!(out, "Last rotation:");
+    let Some(start) = rollout.start_time.as_ref().map(|t| t.0) else {
+        let _ = writeln!(out, "  (no renewal since rollout was configured)");
+        return;
+    };
+    let after = |t: Timestamp| {
+        format!(
+            "{t} ({} after issue)",
+            compact(t.as_second() - start.as_second())
+        )
+    };
+    let _ = writeln!(out, "  Issued:            {}", when(now, Some(start)));
+    let done = rollout.completion_time.as_ref().map(|t| t.0);
+    let _ = writeln!(
+        out,
+        "  Rolled out:        {}",
+        done.map_or_else(|| "in progress".to_owned(), after)
+    );
+    let verified = match rollout.verified_time.as_ref().map(|t| t.0) {
+        Some(t) => after(t),
+        None if !probed => "not verified (no spec.probe)".to_owned(),
+        None => "not yet".to_owned(),
+    };
+    let _ = writeln!(out, "  Verified:          {verified}");
+    let rows: Vec<Vec<String>> = rollout
+        .workloads
+        .iter()
+        .map(|w| {
+            vec![
+                format!("{}/{}", w.kind, w.name),
+                w.state.clone(),
+                w.rollout_seconds
+                    .map_or_else(|| "-".to_owned(), |s| format!("{s}s")),
+                if w.stale_pods.is_empty() {
+                    "-".to_owned()
+                } else {
+                    w.stale_pods.join(",")
+                },
+                w.message.clone(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(
+            out,
+            &["WORKLOAD", "STATE", "TOOK", "STALE PODS", "MESSAGE"],
+            &rows,
+        );
+    }
+}
+
 /// Columns padded to their widest cell, two spaces apart, indented by two; the
 /// last column is not padded.
 fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
@@ -312,6 +371,10 @@ pub fn render_status_text(report: &StatusReport, now: Timestamp) -> String {
                 }
             }
         }
+    }
+
+    if let Some(rollout) = &report.rollout {
+        render_rotation(&mut out, now, rollout, spec.probe.is_some());
     }
 
     let _ = writeln!(out, "Events (newest last):");

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::render::render_status_text;
 use super::{Failure, KIND, MAX_EVENTS, classify, connect};
-use crate::api::{CertificateRequest, CertificateRequestSpec, ProbeStatus};
+use crate::api::{CertificateRequest, CertificateRequestSpec, ProbeStatus, RolloutStatus};
 use crate::bundle;
 use crate::cli::{OutputFormat, StatusArgs};
 use crate::reconciler::status::{READY, VERIFIED};
@@ -41,6 +41,9 @@ pub struct StatusReport {
     pub secret: SecretSummary,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeStatus>,
+    /// The last rotation with `spec.rollout`: issued, rolled out, verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// Recent Events about the request, newest last.
     pub events: Vec<EventSummary>,
     /// Things worth knowing that do not change the exit code.
@@ -354,6 +357,7 @@ pub fn status_report(
         },
         secret,
         probe: status.probe.clone(),
+        rollout: status.rollout.clone(),
         events: recent_events(events, uid),
         notes,
     }

@@ -2,7 +2,9 @@
 //
 // Like Tomcat or Kafka it never reloads the keystore: after a renewal the pod
 // keeps serving the old certificate until it restarts, which is exactly what the
-// operator's probes must notice. Each connection gets the handshake, one line
+// operator's probes must notice. With `--reload true` it is a hot-reloading
+// server instead: before each handshake it compares the keystore file with the
+// one it loaded and, if the kubelet has replaced it, loads the new one. Each connection gets the handshake, one line
 // with the served leaf's SHA-256 fingerprint, and is closed. A connection that
 // closes before sending a byte (a kubelet tcpSocket readiness probe) is dropped
 // silently, so the port doubles as the readiness check.
@@ -15,6 +17,7 @@ import java.net.InetSocketAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.KeyStore;
 import java.security.cert.X509Certificate;
@@ -34,7 +37,7 @@ import javax.net.ssl.TrustManagerFactory;
 
 final class Serve {
     static final Set<String> OPTIONS =
-            Set.of("--keystore", "--password-file", "--port", "--bind", "--alias", "--client-auth");
+            Set.of("--keystore", "--password-file", "--port", "--bind", "--alias", "--client-auth", "--reload");
 
     /** A client that connects and sends nothing is cut off after this long. */
     private static final int IDLE_MILLIS = 10_000;
@@ -46,9 +49,12 @@ final class Serve {
         String bind = o.string("--bind", "0.0.0.0");
         List<String> clientAuth = o.list("--client-auth");
 
+        boolean reload = Boolean.parseBoolean(o.string("--reload", "false"));
+        String wantedAlias = o.string("--alias", null);
+        byte[] loadedBytes = Files.readAllBytes(keystore);
         char[] password = Workload.readPassword(passwordFile);
         KeyStore ks = Workload.loadPkcs12(keystore, password);
-        String alias = keyAlias(ks, o.string("--alias", null), keystore);
+        String alias = keyAlias(ks, wantedAlias, keystore);
         X509Certificate leaf = (X509Certificate) ks.getCertificate(alias);
         String fingerprint = Workload.sha256(leaf);
         // Serve exactly the chosen entry: a keystore with one key entry is the
@@ -78,15 +84,64 @@ final class Serve {
         server.bind(new InetSocketAddress(bind, port), 128);
         System.out.println("serving " + keystore + " on " + bind + ":" + server.getLocalPort()
                 + " alias=" + alias + " subject=" + Workload.subject(leaf) + " sha256=" + fingerprint
-                + " clientAuth=" + (needClientAuth ? "required" : "none"));
+                + " clientAuth=" + (needClientAuth ? "required" : "none") + " reload=" + reload);
 
         // One thread per connection: a slow client must not hold up a probe.
         ExecutorService pool = Executors.newCachedThreadPool();
-        byte[] line = (fingerprint + "\n").getBytes(StandardCharsets.US_ASCII);
+        Current current = new Current(factory, (fingerprint + "\n").getBytes(StandardCharsets.US_ASCII), loadedBytes);
+        TrustManager[] trustManagers = trust;
         while (true) {
             Socket raw = server.accept();
-            pool.execute(() -> handle(raw, factory, needClientAuth, line));
+            pool.execute(() -> {
+                Current c = current;
+                if (reload) {
+                    c = reloaded(current, keystore, passwordFile, wantedAlias, trustManagers);
+                }
+                handle(raw, c.factory, needClientAuth, c.line);
+            });
         }
+    }
+
+    /** What is served now; replaced as a whole when the keystore file changes. */
+    private static final class Current {
+        volatile SSLSocketFactory factory;
+        volatile byte[] line;
+        volatile byte[] bytes;
+
+        Current(SSLSocketFactory factory, byte[] line, byte[] bytes) {
+            this.factory = factory;
+            this.line = line;
+            this.bytes = bytes;
+        }
+    }
+
+    /** Loads the keystore again if its file changed; on any failure keeps serving what it had. */
+    private static synchronized Current reloaded(
+            Current current, Path keystore, Path passwordFile, String wantedAlias, TrustManager[] trust) {
+        try {
+            byte[] now = Files.readAllBytes(keystore);
+            if (Arrays.equals(now, current.bytes)) {
+                return current;
+            }
+            char[] password = Workload.readPassword(passwordFile);
+            KeyStore ks = Workload.loadPkcs12(keystore, password);
+            String alias = keyAlias(ks, wantedAlias, keystore);
+            X509Certificate leaf = (X509Certificate) ks.getCertificate(alias);
+            String fingerprint = Workload.sha256(leaf);
+            ks = onlyEntry(ks, alias, password);
+            KeyManagerFactory kmf = KeyManagerFactory.getInstance("PKIX");
+            kmf.init(ks, password);
+            Arrays.fill(password, '\0');
+            SSLContext ctx = SSLContext.getInstance("TLS");
+            ctx.init(kmf.getKeyManagers(), trust, null);
+            current.factory = ctx.getSocketFactory();
+            current.line = (fingerprint + "\n").getBytes(StandardCharsets.US_ASCII);
+            current.bytes = now;
+            System.out.println("reloaded " + keystore + " sha256=" + fingerprint);
+        } catch (Exception e) {
+            System.out.println("reload of " + keystore + " failed, still serving the previous keystore: " + e);
+        }
+        return current;
     }
 
     private static void handle(Socket raw, SSLSocketFactory factory, boolean needClientAuth, byte[] line) {

@@ -4,7 +4,7 @@
 //
 //   serve   [--keystore /etc/tls/keystore.p12] [--password-file /etc/tls-password/password]
 //           [--port 8443] [--bind 0.0.0.0] [--alias name]
-//           [--client-auth /etc/tls/truststore.p12 [truststore-password-file]]
+//           [--client-auth /etc/tls/truststore.p12 [truststore-password-file]] [--reload true]
 //   connect --host h [--port 8443] [--truststore /etc/tls/truststore.p12]
 //           [--truststore-password-file /etc/tls-password/password]
 //           [--keystore k [--password-file f]] [--expect-fingerprint hex] [--timeout-ms 10000]
