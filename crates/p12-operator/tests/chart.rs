@@ -441,16 +441,40 @@ fn the_image_runs_the_binary_the_chart_calls_as_the_user_the_chart_names() {
 fn the_default_rbac_grants_no_wildcards_and_never_deletes_secrets() {
     let docs = render(&[]);
     let rules = rules_of(named(&docs, "ClusterRole", "p12-operator"));
-    let probes = the_one(&docs, "Role");
+    let probes = named(&docs, "Role", "p12-operator-probes");
+    let rotation = named(&docs, "Role", "p12-operator-ca-rotation");
+    let mut roles: Vec<(&str, &str)> = objects(&docs, "Role")
+        .iter()
+        .map(|r| {
+            (
+                r["metadata"]["name"].as_str().unwrap(),
+                r["metadata"]["namespace"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    roles.sort();
     assert_eq!(
-        (
-            probes["metadata"]["name"].as_str(),
-            probes["metadata"]["namespace"].as_str()
-        ),
-        (Some("p12-operator-probes"), Some(NAMESPACE)),
-        "leader election is off: the only Role is the probe pods', in the release namespace"
+        roles,
+        [
+            ("p12-operator-ca-rotation", NAMESPACE),
+            ("p12-operator-probes", NAMESPACE)
+        ],
+        "leader election is off: the Roles are the CA rotation's and the probe pods', in the release namespace"
     );
-    for r in rules.iter().chain(&rules_of(probes)) {
+    // Secrets are deleted only by name: the staged and the retired CA.
+    for r in rules_of(rotation) {
+        if r.verbs.contains(&"delete".to_string()) {
+            assert_eq!(
+                r.resource_names.as_deref().unwrap_or_default(),
+                ["p12-operator-ca-next", "p12-operator-ca-previous"]
+            );
+        }
+    }
+    for r in rules
+        .iter()
+        .chain(&rules_of(probes))
+        .chain(&rules_of(rotation))
+    {
         let all = [
             r.api_groups.clone().unwrap_or_default(),
             r.resources.clone().unwrap_or_default(),
@@ -511,8 +535,13 @@ fn without_probes_the_operator_gets_no_verb_on_pods() {
     let docs = render(&["probes.enabled=false"]);
     let rules = rules_of(named(&docs, "ClusterRole", "p12-operator"));
     assert!(verbs_on(&rules, "", "pods").is_empty());
-    assert!(
-        objects(&docs, "Role").is_empty(),
+    let roles: Vec<&str> = objects(&docs, "Role")
+        .iter()
+        .filter_map(|r| r["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        roles,
+        ["p12-operator-ca-rotation"],
         "no probe Role (and no Lease Role)"
     );
     assert!(
