@@ -129,6 +129,10 @@ pub(super) async fn step(
             ..Default::default()
         };
     }
+    if rollout.start_time.is_none() {
+        // The certificate the workloads started with: nothing to roll.
+        return Ok(Outcome::default());
+    }
     // Workloads named now (the list may have been edited since the start).
     let mut workloads: Vec<WorkloadRolloutStatus> = spec
         .workloads
