@@ -169,4 +169,36 @@ async fn a_deleted_ca_is_missing_not_replaced_and_a_restored_one_resumes() {
             .map(String::as_str)
             == Some("p12-operator")
     );
+
+    // A rotation started by hand: the next root is staged and joins the
+    // trust bundle of every Secret at once; a second one is refused.
+    let rotate = cli(&["ca", "rotate", "-n", &op.namespace, "--overlap", "1h"]).await;
+    assert_eq!(rotate.code, 0, "{}{}", rotate.stdout, rotate.stderr);
+    let next = cas.get(&format!("{CA}-next")).await.unwrap();
+    let next_fingerprint = ca_fingerprint(&next);
+    assert!(next.annotations().contains_key("p12-operator.io/switch-at"));
+    eventually(WAIT, "web-tls trusting both roots", || {
+        let issued = issued.clone();
+        async move {
+            let s = issued.get("web-tls").await.ok()?;
+            let roots = pem::parse_many(&s.data.as_ref()?.get("ca.crt")?.0).ok()?;
+            (roots.len() == 2).then_some(())
+        }
+    })
+    .await;
+    let status = cli(&["ca", "status", "-n", &op.namespace]).await;
+    assert!(
+        status
+            .stdout
+            .contains(&format!("Rotation: next CA {next_fingerprint}")),
+        "{}",
+        status.stdout
+    );
+    let again = cli(&["ca", "rotate", "-n", &op.namespace]).await;
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("a rotation is under way"),
+        "{}",
+        again.stderr
+    );
 }

@@ -187,7 +187,11 @@ async fn an_automatic_rotation_keeps_every_handshake_working_through_every_phase
         "apiVersion: p12-operator.io/v1alpha1\nkind: CertificateRequest\nmetadata: {name: web}\nspec:\n  secretName: web-tls\n  dnsNames: [localhost]\n",
         &ns,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let requests: Api<CertificateRequest> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -263,14 +267,16 @@ async fn an_automatic_rotation_keeps_every_handshake_working_through_every_phase
             .unwrap_or_default();
         let old_trusted = roots.contains(&old_ca);
         let by_old = *served_by_old.lock().unwrap();
-        phase = phase.max(match (current == old_ca, old_trusted, by_old, roots.len()) {
-            (true, true, _, 1) => Phase::Before,
-            (true, true, _, _) => Phase::Overlap,
-            (false, true, true, _) => Phase::Switched,
-            (false, true, false, _) => Phase::Reissued,
-            (false, false, false, _) => Phase::Retired,
-            _ => phase,
-        });
+        phase = phase.max(
+            match (current == old_ca, old_trusted, by_old, roots.len()) {
+                (true, true, _, 1) => Phase::Before,
+                (true, true, _, _) => Phase::Overlap,
+                (false, true, true, _) => Phase::Switched,
+                (false, true, false, _) => Phase::Reissued,
+                (false, false, false, _) => Phase::Retired,
+                _ => phase,
+            },
+        );
         // The clients: the distributed trust, read again before each handshake.
         std::fs::write(&ca_file, bundle.data.as_ref().unwrap()["ca.crt"].as_bytes()).unwrap();
         std::fs::write(
@@ -295,8 +301,17 @@ async fn an_automatic_rotation_keeps_every_handshake_working_through_every_phase
         "rotation done in {:.0?}; handshakes (OpenSSL, Java) per phase: {seen:?}",
         started.elapsed()
     );
-    assert!(failures.is_empty(), "{} handshakes failed: {failures:#?}", failures.len());
-    for p in [Phase::Before, Phase::Overlap, Phase::Reissued, Phase::Retired] {
+    assert!(
+        failures.is_empty(),
+        "{} handshakes failed: {failures:#?}",
+        failures.len()
+    );
+    for p in [
+        Phase::Before,
+        Phase::Overlap,
+        Phase::Reissued,
+        Phase::Retired,
+    ] {
         let (o, j) = seen.get(&p).copied().unwrap_or_default();
         assert!(o + j > 0, "no handshake in phase {p:?}: {seen:?}");
     }

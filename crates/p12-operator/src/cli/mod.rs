@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use ca::{CaArgs, CaCommand, CaTarget, NewRootArgs};
+pub use ca::{CaArgs, CaCommand, CaTarget, NewRootArgs, RotateArgs};
 pub use completion::CompletionArgs;
 pub use crd::CrdArgs;
 pub use inspect::InspectArgs;
