@@ -1243,7 +1243,10 @@ fn renewal_rolls_a_java_deployment_and_the_probe_verifies_all_three_replicas(nod
     let report = p12(node, &["status", "web", "-n", &ns]);
     println!("{report}");
     assert!(report.contains("Last rotation:"), "{report}");
-    assert!(report.contains("Rolled out:") && !report.contains("in progress"), "{report}");
+    assert!(
+        report.contains("Rolled out:") && !report.contains("in progress"),
+        "{report}"
+    );
     assert!(!report.contains("Verified:          not yet"), "{report}");
     // Another probe and more passes: no second restart.
     ask_now(node, &ns, "web", "probe");
