@@ -35,6 +35,7 @@ mod measure;
 mod null_writer;
 mod procfs;
 mod report;
+mod rotation;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -96,6 +97,10 @@ struct Args {
     /// Then force a renewal of every request and measure that wave too.
     #[arg(long)]
     renewal: bool,
+    /// Then stage the next CA (switching in an hour) and measure the bundle
+    /// rewrite of every issued Secret it causes (the operator only).
+    #[arg(long)]
+    rotation: bool,
     /// Run the null writer (no cryptography) instead of the operator.
     #[arg(long)]
     null_writer: bool,
@@ -476,6 +481,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     watch.abort();
 
+    // ---- bundle rewrite of a CA rotation
+    let rotation = if args.rotation && !args.null_writer {
+        let r = rotation::bundle_wave(&client, &cluster, &pids, writer.pid, n, timeout).await?;
+        eprintln!("bundle rewrite: {r}");
+        r
+    } else {
+        Value::Null
+    };
+
     let result = json!({
         "mode": mode,
         "build": build,
@@ -499,6 +513,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "writer_idle_rss_mib": mib(idle_rss),
         "issuance": issuance,
         "renewal": renewal,
+        "rotation": rotation,
         "control_plane_startup_seconds": (cp.startup.as_secs_f64() * 10.0).round() / 10.0,
         "bench_total_seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         "writer_log": writer.log.display().to_string(),
