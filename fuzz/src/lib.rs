@@ -85,6 +85,16 @@ pub fn fixture_ca() -> &'static CertificateAuthority {
     })
 }
 
+/// The fixture CA as the operator holds it: the only CA, its root the bundle.
+pub fn fixture_authorities() -> &'static pki::Authorities {
+    static AUTHORITIES: OnceLock<pki::Authorities> = OnceLock::new();
+    AUTHORITIES.get_or_init(|| {
+        let ca = CertificateAuthority::load(CA_PEM.as_bytes(), CA_KEY_PEM.as_bytes(), now())
+            .expect("the fixture CA loads");
+        pki::Authorities::single(std::sync::Arc::new(ca))
+    })
+}
+
 /// One key per algorithm, generated once per process (RSA 4096 takes a second).
 pub fn cached_key(algorithm: KeyAlgorithm) -> &'static PrivateKey {
     static KEYS: [OnceLock<PrivateKey>; 6] = [const { OnceLock::new() }; 6];
@@ -370,8 +380,9 @@ pub fn secret(input: &[u8]) {
         &annotations,
         &existing,
         fixture_plan(),
-        fixture_ca(),
+        fixture_authorities(),
         &password,
+        false,
         false,
         now(),
     );

@@ -516,7 +516,14 @@ mod seeds {
             key: PrivateKey::from_pem(key.to_pem().expose()).unwrap(),
             leaf_der: issued.der.clone(),
         };
-        let data = bundle::build_data(&material, ca, plan, &password, true).unwrap();
+        let data = bundle::build_data(
+            &material,
+            harness::fixture_authorities(),
+            plan,
+            &password,
+            true,
+        )
+        .unwrap();
         let facts = bundle::CertFacts::of(&issued.der).unwrap();
         let annotations = bundle::secret_annotations("fuzz/fuzz", plan, &facts, ca, 1, None);
         let input = harness::SecretInput {
@@ -529,8 +536,9 @@ mod seeds {
                 &input.annotations,
                 &bundle::Existing::read(&input.data),
                 plan,
-                ca,
+                harness::fixture_authorities(),
                 &password,
+                false,
                 false,
                 now
             ),
