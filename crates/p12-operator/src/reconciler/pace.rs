@@ -31,10 +31,13 @@ struct State {
 impl Pace {
     pub fn new(per_second: f64) -> Self {
         let per_second = per_second.max(0.01);
+        let interval = Duration::from_secs_f64(1.0 / per_second);
+        let now = Instant::now();
         Pace {
-            interval: Duration::from_secs_f64(1.0 / per_second),
+            interval,
             state: Mutex::new(State {
-                next_free: Instant::now(),
+                // A quiet spell before the first turn: a burst is free at once.
+                next_free: now.checked_sub(interval * BURST).unwrap_or(now),
                 booked: HashMap::new(),
             }),
         }

@@ -213,7 +213,26 @@ async fn a_ca_that_cannot_be_read_at_start_up_is_retried_until_it_loads() {
         path,
         reply(503, "ServiceUnavailable", "the server is starting"),
     )
-    .expect("GET", path, object(ca_secret));
+    .expect("GET", path, object(ca_secret))
+    // No rotation under way: neither a next nor a previous CA.
+    .expect(
+        "GET",
+        &format!("{path}-next"),
+        reply(
+            404,
+            "NotFound",
+            "secrets \"p12-operator-ca-next\" not found",
+        ),
+    )
+    .expect(
+        "GET",
+        &format!("{path}-previous"),
+        reply(
+            404,
+            "NotFound",
+            "secrets \"p12-operator-ca-previous\" not found",
+        ),
+    );
     let (_seen_tx, seen_rx) = tokio::sync::watch::channel(None);
     let (all_tx, mut all_rx) = tokio::sync::mpsc::channel(1);
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
