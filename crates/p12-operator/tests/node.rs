@@ -1000,6 +1000,32 @@ fn kubectl_apply_deploy_runs_the_operator(node: &'static Node) {
         .output()
         .unwrap();
     assert!(out.status.success(), "helm uninstall: {}", text(&out));
+    // The installation moves to the namespace deploy/ uses, and its CA with
+    // it: once certificates exist the operator never makes a new root
+    // (CAMissing instead, and it would not become ready).
+    let field = |key: &str| {
+        ok(
+            node,
+            &[
+                "get",
+                "secret",
+                "p12-operator-ca",
+                "-n",
+                OPERATOR_NS,
+                "-o",
+                &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+            ],
+        )
+    };
+    let (crt, key) = (field("tls.crt"), field("tls.key"));
+    apply(
+        node,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: p12-operator}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: p12-operator-ca, namespace: p12-operator}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+            crt.trim(),
+            key.trim()
+        ),
+    );
     let deploy = p12_testenv::tools::repo_root().join("deploy/p12-operator.yaml");
     let manifest = std::fs::read_to_string(&deploy).unwrap();
     // As documented for clusters without a registry: the image is already on the node.
