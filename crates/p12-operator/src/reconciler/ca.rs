@@ -71,14 +71,9 @@ pub fn from_secret(
     })
 }
 
-/// Loads the CA, creating a self-signed root when the Secret is absent and
-/// creation is allowed. An existing Secret is never overwritten, even when broken.
-/// Returns the CA and the Secret it came from.
-pub async fn ensure(
-    api: &Api<Secret>,
-    settings: &CaSettings,
-) -> Result<(CertificateAuthority, Secret), CaProblem> {
-    let unavailable = |e: kube::Error| CaProblem {
+/// The CA Secret could not be read: `CAUnavailable`, naming the API server and the cause.
+fn unreadable(settings: &CaSettings, e: kube::Error) -> CaProblem {
+    CaProblem {
         reason: "CAUnavailable",
         message: format!(
             "failed to read {} from the API server at {}: {}",
@@ -86,7 +81,17 @@ pub async fn ensure(
             settings.api_server,
             crate::telemetry::error_chain(&e)
         ),
-    };
+    }
+}
+
+/// Loads the CA, creating a self-signed root when the Secret is absent and
+/// creation is allowed. An existing Secret is never overwritten, even when broken.
+/// Returns the CA and the Secret it came from.
+pub async fn ensure(
+    api: &Api<Secret>,
+    settings: &CaSettings,
+) -> Result<(CertificateAuthority, Secret), CaProblem> {
+    let unavailable = |e: kube::Error| unreadable(settings, e);
     let loaded = |secret: &Secret| from_secret(secret, settings).map(|ca| (ca, secret.clone()));
     if let Some(secret) = api
         .get_opt(&settings.secret_name)
@@ -140,15 +145,7 @@ pub async fn create_root(
     api: &Api<Secret>,
     settings: &CaSettings,
 ) -> Result<(CertificateAuthority, Secret), CaProblem> {
-    let unavailable = |e: kube::Error| CaProblem {
-        reason: "CAUnavailable",
-        message: format!(
-            "failed to read {} from the API server at {}: {}",
-            location(settings),
-            settings.api_server,
-            crate::telemetry::error_chain(&e)
-        ),
-    };
+    let unavailable = |e: kube::Error| unreadable(settings, e);
     let loaded = |secret: &Secret| from_secret(secret, settings).map(|ca| (ca, secret.clone()));
     if !settings.create {
         return Err(CaProblem {
