@@ -481,10 +481,11 @@ pub fn admit(
     policies: &[CompiledPolicy],
     settings: &Settings,
 ) -> Result<(), Refusal> {
-    let builtin = CompiledPolicy::builtin();
+    static BUILTIN: std::sync::LazyLock<CompiledPolicy> =
+        std::sync::LazyLock::new(CompiledPolicy::builtin);
     let applicable: Vec<&CompiledPolicy> = settings
         .builtin_default
-        .then_some(&builtin)
+        .then_some(&*BUILTIN)
         .into_iter()
         .chain(
             policies

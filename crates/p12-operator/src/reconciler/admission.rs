@@ -33,6 +33,9 @@ pub struct Admission {
 #[derive(Default)]
 struct State {
     policies: Listed<BTreeMap<String, CompiledPolicy>>,
+    /// The listed policies in name order, rebuilt when they change (rarely),
+    /// so a pass reads them without copying.
+    compiled: Vec<CompiledPolicy>,
     /// Namespace → its labels.
     namespaces: Listed<HashMap<String, BTreeMap<String, String>>>,
     /// Namespace → names of its Services.
@@ -93,14 +96,14 @@ impl Admission {
         let exists = |svc: &str| services.is_some_and(|s| s.contains(svc));
         let no_labels = BTreeMap::new();
         let labels = state.namespaces.items.get(&ns).unwrap_or(&no_labels);
-        let policies: Vec<CompiledPolicy> = state.policies.items.values().cloned().collect();
+        let policies = &state.compiled;
         let request = admission::Request {
             namespace: &ns,
             leaf: &plan.leaf,
             key: plan.key_algorithm,
             service_exists: &exists,
         };
-        match admission::admit(&request, labels, &policies, &self.settings) {
+        match admission::admit(&request, labels, policies, &self.settings) {
             Ok(()) => Verdict::Admitted,
             Err(r) => Verdict::Refused(r),
         }
@@ -111,15 +114,22 @@ impl Admission {
         let state = self.state.read().unwrap();
         let no_labels = BTreeMap::new();
         let labels = state.namespaces.items.get(ns).unwrap_or(&no_labels);
-        let policies: Vec<CompiledPolicy> = state.policies.items.values().cloned().collect();
-        admission::probe_ranges(ns, labels, &policies)
+        admission::probe_ranges(ns, labels, &state.compiled)
     }
 
     /// Applies an IssuancePolicy watch event; true when what policies allow
     /// may have changed (every request is then checked again).
     pub fn observe_policy(&self, event: &Event<IssuancePolicy>) -> bool {
         let mut state = self.state.write().unwrap();
-        let listed = &mut state.policies;
+        let changed = Self::apply_policy(&mut state.policies, event);
+        state.compiled = state.policies.items.values().cloned().collect();
+        changed
+    }
+
+    fn apply_policy(
+        listed: &mut Listed<BTreeMap<String, CompiledPolicy>>,
+        event: &Event<IssuancePolicy>,
+    ) -> bool {
         match event {
             Event::Init => {
                 listed.begin();
