@@ -90,6 +90,10 @@ fn check_wave(r: &Value, wave: &str, max_writes: f64) {
 fn operator_smoke_run_reports_sensible_figures() {
     let r = run_bench("bench-smoke", &["--renewal", "--keygen-seconds", "0.5"]);
     assert_eq!(r["mode"], "operator");
+    // The report says which binary ran; cargo's debug build is dynamically
+    // linked against glibc, so it must not pass for the image's static one.
+    assert_eq!(r["operator_binary"], operator_bin().display().to_string());
+    assert_eq!(r["operator_static"], false, "{r:#}");
     // Key generation alone was measured, and issuance is set against it.
     assert!(f(&r, &["keygen_alone", "keys"]) >= 1.0, "{r:#}");
     assert!(f(&r, &["keygen_alone", "mean_ms_per_key"]) > 0.0, "{r:#}");
@@ -119,6 +123,7 @@ fn operator_smoke_run_reports_sensible_figures() {
 fn null_writer_smoke_run_reports_sensible_figures() {
     let r = run_bench("bench-smoke-null", &["--null-writer"]);
     assert_eq!(r["mode"], "null-writer");
+    assert!(r["operator_binary"].is_null(), "{r:#}");
     check_wave(&r, "issuance", 2.0);
     assert_eq!(
         f(&r, &["issuance", "api", "writes_per_issuance"]),

@@ -65,6 +65,83 @@ pub(crate) fn request_object(
     serde_json::from_value(value).context("building a CertificateRequest")
 }
 
+/// The operator binary under test, and whether it is the static musl build the
+/// image ships (its own allocator) or a glibc build (glibc malloc, whose
+/// memory figures differ).
+pub(crate) struct OperatorBinary {
+    pub(crate) path: PathBuf,
+    /// `Some(true)`: static; `Some(false)`: dynamically linked; `None`: not an
+    /// ELF file (a wrapper script, e.g. for heaptrack).
+    pub(crate) is_static: Option<bool>,
+}
+
+impl OperatorBinary {
+    /// `--operator-bin` if given; else the static musl build of the same
+    /// profile as this `p12-bench` (what the image ships); else the glibc
+    /// `p12-operator` next to this binary.
+    pub(crate) fn choose(args: &Args) -> anyhow::Result<OperatorBinary> {
+        let here = std::env::current_exe().context("locating p12-bench")?;
+        let dir = here.parent().context("p12-bench has no folder")?;
+        let path = match &args.operator_bin {
+            Some(p) => p.clone(),
+            None => {
+                // target/<profile>/p12-bench → target/x86_64-unknown-linux-musl/<profile>/
+                let musl = dir.parent().zip(dir.file_name()).map(|(target, profile)| {
+                    target
+                        .join("x86_64-unknown-linux-musl")
+                        .join(profile)
+                        .join("p12-operator")
+                });
+                match musl {
+                    Some(m) if m.exists() => m,
+                    _ => dir.join("p12-operator"),
+                }
+            }
+        };
+        if !path.exists() {
+            bail!(
+                "{} does not exist; build it first (see docs/benchmarks.md, \"Running them\")",
+                path.display()
+            );
+        }
+        let is_static = has_interpreter(&path).ok().map(|dynamic| !dynamic);
+        Ok(OperatorBinary { path, is_static })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let kind = match self.is_static {
+            Some(true) => "static musl build, as in the image",
+            Some(false) => {
+                "dynamically linked glibc build, NOT the image's binary: glibc malloc, other memory figures"
+            }
+            None => "not an ELF file: a wrapper, linking unknown",
+        };
+        format!("{} ({kind})", self.path.display())
+    }
+}
+
+/// Whether an ELF file asks for a program interpreter (`PT_INTERP`), i.e. is
+/// dynamically linked. Static and static-pie binaries have none.
+fn has_interpreter(path: &std::path::Path) -> anyhow::Result<bool> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut head = [0u8; 64];
+    f.read_exact(&mut head)?;
+    if &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        bail!("not a 64-bit little-endian ELF file");
+    }
+    let phoff = u64::from_le_bytes(head[0x20..0x28].try_into()?);
+    let phentsize = u16::from_le_bytes(head[0x36..0x38].try_into()?) as usize;
+    let phnum = u16::from_le_bytes(head[0x38..0x3a].try_into()?) as usize;
+    let mut table = vec![0u8; phentsize * phnum];
+    f.seek(SeekFrom::Start(phoff))?;
+    f.read_exact(&mut table)?;
+    const PT_INTERP: u32 = 3;
+    Ok(table
+        .chunks_exact(phentsize.max(4))
+        .any(|ph| u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == PT_INTERP))
+}
+
 /// The writer under test: the operator or the null writer, as a child process.
 pub(crate) struct Writer {
     pub(crate) child: Child,
@@ -77,6 +154,7 @@ impl Writer {
     pub(crate) fn start(
         args: &Args,
         cluster: &TestCluster,
+        operator: Option<&OperatorBinary>,
         env: &[(String, String)],
     ) -> anyhow::Result<Writer> {
         let cp = cluster.control_plane();
@@ -92,18 +170,8 @@ impl Writer {
             }
             (cmd, cp.dir.join("null-writer.log"))
         } else {
-            let bin = args.operator_bin.clone().unwrap_or_else(|| {
-                here.parent()
-                    .map(|d| d.join("p12-operator"))
-                    .unwrap_or_else(|| "p12-operator".into())
-            });
-            if !bin.exists() {
-                bail!(
-                    "{} does not exist; build it first (cargo build --release --bins)",
-                    bin.display()
-                );
-            }
-            let mut cmd = Command::new(bin);
+            let operator = operator.context("no operator binary chosen")?;
+            let mut cmd = Command::new(&operator.path);
             cmd.args([
                 "--log-level",
                 "info",
@@ -340,4 +408,42 @@ pub(crate) struct Wave {
     pub(crate) began: Instant,
     pub(crate) sent: HashMap<String, Instant>,
     pub(crate) last_send: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_interpreter;
+
+    /// A 64-bit little-endian ELF header followed by program headers of the
+    /// given types (56 bytes each).
+    fn elf(types: &[u32]) -> tempfile::NamedTempFile {
+        let mut b = vec![0u8; 64];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2; // 64-bit
+        b[5] = 1; // little-endian
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
+        for t in types {
+            let mut ph = [0u8; 56];
+            ph[..4].copy_from_slice(&t.to_le_bytes());
+            b.extend_from_slice(&ph);
+        }
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), b).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_program_interpreter_marks_a_dynamic_binary() {
+        // PT_PHDR, PT_INTERP, PT_LOAD: what a glibc executable starts with.
+        assert!(has_interpreter(elf(&[6, 3, 1]).path()).unwrap());
+        // PT_LOAD, PT_DYNAMIC, PT_TLS: a static-pie musl binary has no PT_INTERP.
+        assert!(!has_interpreter(elf(&[1, 2, 7]).path()).unwrap());
+        // This test binary is linked against glibc.
+        assert!(has_interpreter(&std::env::current_exe().unwrap()).unwrap());
+        let not_elf = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(not_elf.path(), [0u8; 64]).unwrap();
+        assert!(has_interpreter(not_elf.path()).is_err());
+    }
 }

@@ -239,7 +239,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    let helper = if args.churn > 0 && !args.no_allocator_stats {
+    let operator = if args.null_writer {
+        None
+    } else {
+        let o = driver::OperatorBinary::choose(&args)?;
+        eprintln!("operator binary: {}", o.describe());
+        Some(o)
+    };
+    let is_static = operator.as_ref().and_then(|o| o.is_static) == Some(true);
+    let helper = if args.churn > 0 && is_static {
+        eprintln!(
+            "no allocator figures: the helper is preloaded into glibc builds only (this binary is static)"
+        );
+        None
+    } else if args.churn > 0 && !args.no_allocator_stats {
         match mallinfo::Helper::build(&cp.dir.join("mallinfo")) {
             Ok(h) => Some(h),
             Err(e) => {
@@ -251,7 +264,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     let env = helper.as_ref().map(|h| h.env()).unwrap_or_default();
-    let mut writer = Writer::start(&args, &cluster, &env)?;
+    let mut writer = Writer::start(&args, &cluster, operator.as_ref(), &env)?;
     tokio::task::block_in_place(|| writer.wait_started(args.null_writer))?;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let (idle_rss, _) = procfs::rss_kib(writer.pid).unwrap_or((0, 0));
@@ -271,6 +284,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let result = json!({
             "mode": "churn",
             "build": build,
+            "operator_binary": operator.as_ref().map(|o| o.path.display().to_string()),
+            "operator_static": operator.as_ref().and_then(|o| o.is_static),
             "machine": procfs::machine(),
             "loadavg_before": load_before,
             "loadavg_after": procfs::loadavg(),
@@ -493,6 +508,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let result = json!({
         "mode": mode,
         "build": build,
+        "operator_binary": operator.as_ref().map(|o| o.path.display().to_string()),
+        "operator_static": operator.as_ref().and_then(|o| o.is_static),
         "machine": procfs::machine(),
         "loadavg_before": load_before,
         "loadavg_after": procfs::loadavg(),

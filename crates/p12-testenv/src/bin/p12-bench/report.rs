@@ -64,6 +64,28 @@ pub(crate) fn wave_figures(
     v
 }
 
+/// The machine, its load, and which operator binary ran (static musl as in
+/// the image, or a glibc build).
+fn print_context(out: &mut impl std::io::Write, r: &Value) {
+    let _ = writeln!(
+        out,
+        "machine: {} × {}, {} MiB; load average before {}, after {}",
+        r["machine"]["nproc"],
+        r["machine"]["cpu_model"].as_str().unwrap_or(""),
+        r["machine"]["memory_mib"],
+        r["loadavg_before"].as_str().unwrap_or(""),
+        r["loadavg_after"].as_str().unwrap_or(""),
+    );
+    if let Some(path) = r["operator_binary"].as_str() {
+        let kind = match r["operator_static"].as_bool() {
+            Some(true) => "static musl, as in the image",
+            Some(false) => "glibc build, not the image's binary",
+            None => "not an ELF file, linking unknown",
+        };
+        let _ = writeln!(out, "operator binary: {path} ({kind})");
+    }
+}
+
 pub(crate) fn print_table(r: &Value) {
     let mut out = std::io::stdout().lock();
     let p = &r["params"];
@@ -79,15 +101,7 @@ pub(crate) fn print_table(r: &Value) {
         p["namespaces"],
         p["unrelated_secrets"],
     );
-    let _ = writeln!(
-        out,
-        "machine: {} × {}, {} MiB; load average before {}, after {}",
-        r["machine"]["nproc"],
-        r["machine"]["cpu_model"].as_str().unwrap_or(""),
-        r["machine"]["memory_mib"],
-        r["loadavg_before"].as_str().unwrap_or(""),
-        r["loadavg_after"].as_str().unwrap_or(""),
-    );
+    print_context(&mut out, r);
     let _ = writeln!(out, "writer idle RSS: {} MiB\n", r["writer_idle_rss_mib"]);
     let _ = writeln!(out, "{:<34} {:>14} {:>14}", "figure", "issuance", "renewal");
     let rows: &[(&str, &[&str])] = &[
@@ -198,15 +212,7 @@ pub(crate) fn print_churn(r: &Value) {
         p["batch"],
         p["settle_seconds"],
     );
-    let _ = writeln!(
-        out,
-        "machine: {} × {}, {} MiB; load average before {}, after {}",
-        r["machine"]["nproc"],
-        r["machine"]["cpu_model"].as_str().unwrap_or(""),
-        r["machine"]["memory_mib"],
-        r["loadavg_before"].as_str().unwrap_or(""),
-        r["loadavg_after"].as_str().unwrap_or(""),
-    );
+    print_context(&mut out, r);
     let _ = writeln!(
         out,
         "RSS/anon: /proc/<pid>/status VmRSS/RssAnon; in use/free: glibc mallinfo2 inside the operator{}; \
