@@ -1,19 +1,97 @@
 //! Prometheus metrics. Label values are bounded: per-request series carry the
-//! request's namespace and name (removed when the request goes away), everything
-//! else only fixed vocabularies (error categories, probe reasons, outcomes).
+//! request's namespace and name, everything else only fixed vocabularies (error
+//! categories, probe reasons, outcomes).
+//!
+//! The per-request series are not stored: they are read at scrape time from
+//! the controller's cache of requests (their status, as the API server has it),
+//! like kube-state-metrics does. A deleted request has no series the moment the
+//! cache drops it, and holding 10,000 requests costs no metric memory.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use kube::ResourceExt as _;
+use kube::runtime::reflector::Store;
+use p12_core::api::CertificateRequest;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub namespace: String,
-    pub name: String,
+/// The per-request gauges, read from the controller's cache at scrape time.
+/// Empty until the controller runs (a standby exports none, as before).
+#[derive(Debug, Default)]
+struct RequestSeries {
+    requests: Arc<OnceLock<Store<CertificateRequest>>>,
+}
+
+/// One per-request gauge: its name (after the `p12_` prefix), help, and value
+/// for a request (`None`: no series for it).
+type Gauged = (
+    &'static str,
+    &'static str,
+    fn(&CertificateRequest) -> Option<i64>,
+);
+
+const REQUEST_GAUGES: [Gauged; 4] = [
+    (
+        "certificate_ready",
+        "1 when the request's Secret holds a valid certificate for its spec, else 0.",
+        |cr| Some(i64::from(condition(cr, "Ready") == Some(true))),
+    ),
+    (
+        "certificate_verified",
+        "1 when every probed endpoint serves the issued certificate, 0 when not; absent without a probe.",
+        |cr| condition(cr, "Verified").map(i64::from),
+    ),
+    (
+        "certificate_not_after_seconds",
+        "Expiry of the current certificate (Unix seconds).",
+        |cr| Some(cr.status.as_ref()?.not_after.as_ref()?.0.as_second()),
+    ),
+    (
+        "certificate_renewal_seconds",
+        "When the current certificate will be renewed (Unix seconds).",
+        |cr| Some(cr.status.as_ref()?.renewal_time.as_ref()?.0.as_second()),
+    ),
+];
+
+/// `Some(status == "True")` for the request's condition of this type.
+fn condition(cr: &CertificateRequest, type_: &str) -> Option<bool> {
+    cr.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status == "True")
+}
+
+impl Collector for RequestSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.requests.get() else {
+            return Ok(());
+        };
+        let mut requests = store.state();
+        requests.sort_by(|a, b| (a.namespace(), a.name_any()).cmp(&(b.namespace(), b.name_any())));
+        for (name, help, value) in REQUEST_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for cr in &requests {
+                if let Some(v) = value(cr) {
+                    let labels = [
+                        (
+                            "namespace",
+                            cr.metadata.namespace.as_deref().unwrap_or_default(),
+                        ),
+                        ("name", cr.metadata.name.as_deref().unwrap_or_default()),
+                    ];
+                    ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,10 +117,8 @@ fn duration_buckets() -> Histogram {
 /// Every metric the operator exports, under the `p12_` prefix.
 pub struct Metrics {
     pub registry: Registry,
-    pub ready: Family<RequestLabels, Gauge>,
-    pub verified: Family<RequestLabels, Gauge>,
-    pub not_after: Family<RequestLabels, Gauge<f64, AtomicU64>>,
-    pub renewal_time: Family<RequestLabels, Gauge<f64, AtomicU64>>,
+    /// The controller's cache, once it runs (see [`Metrics::attach_requests`]).
+    requests: Arc<OnceLock<Store<CertificateRequest>>>,
     pub reconciles: Counter,
     pub reconcile_failures: Family<CategoryLabels, Counter>,
     pub reconcile_duration: Histogram,
@@ -69,10 +145,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("p12");
         let m = Metrics {
-            ready: Family::default(),
-            verified: Family::default(),
-            not_after: Family::default(),
-            renewal_time: Family::default(),
+            requests: Arc::default(),
             reconciles: Counter::default(),
             reconcile_failures: Family::default(),
             reconcile_duration: duration_buckets(),
@@ -87,22 +160,9 @@ impl Metrics {
             ca_previous_leaves: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "certificate_ready",
-            "1 when the request's Secret holds a valid certificate for its spec, else 0",
-            m.ready.clone(),
-        );
-        registry.register("certificate_verified", "1 when every probed endpoint serves the issued certificate, 0 when not; absent without a probe", m.verified.clone());
-        registry.register(
-            "certificate_not_after_seconds",
-            "Expiry of the current certificate (Unix seconds)",
-            m.not_after.clone(),
-        );
-        registry.register(
-            "certificate_renewal_seconds",
-            "When the current certificate will be renewed (Unix seconds)",
-            m.renewal_time.clone(),
-        );
+        registry.register_collector(Box::new(RequestSeries {
+            requests: m.requests.clone(),
+        }));
         registry.register("reconciles", "Reconcile passes run", m.reconciles.clone());
         registry.register(
             "ca_previous_leaves",
@@ -162,20 +222,10 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    pub fn labels(namespace: &str, name: &str) -> RequestLabels {
-        RequestLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// Drops every series of a request that no longer exists.
-    pub fn forget(&self, namespace: &str, name: &str) {
-        let l = Self::labels(namespace, name);
-        self.ready.remove(&l);
-        self.verified.remove(&l);
-        self.not_after.remove(&l);
-        self.renewal_time.remove(&l);
+    /// From now on, `/metrics` has a series per request of this cache (the
+    /// controller's). Called once, when the controller starts.
+    pub fn attach_requests(&self, requests: Store<CertificateRequest>) {
+        let _ = self.requests.set(requests);
     }
 
     /// The text exposition format.
@@ -189,28 +239,77 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::{reflector, watcher};
+
+    fn request(ns: &str, name: &str, status: serde_json::Value) -> CertificateRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "p12-operator.io/v1alpha1",
+            "kind": "CertificateRequest",
+            "metadata": { "name": name, "namespace": ns, "uid": format!("uid-{name}") },
+            "spec": { "secretName": format!("{name}-tls"), "dnsNames": ["web.shop.svc"] },
+            "status": status,
+        }))
+        .unwrap()
+    }
 
     #[test]
-    fn per_request_series_appear_and_are_forgotten() {
+    fn per_request_series_follow_the_cache() {
         let m = Metrics::new();
-        m.ready
-            .get_or_create(&Metrics::labels("shop", "web"))
-            .set(1);
         m.reconcile_failures
             .get_or_create(&CategoryLabels {
                 category: "KubeError".into(),
             })
             .inc();
+        // Before the controller runs (a standby), no per-request series.
+        assert!(!m.encode().contains("p12_certificate_ready{"));
+
+        let (reader, mut writer) = reflector::store::<CertificateRequest>();
+        m.attach_requests(reader);
+        let issued = request(
+            "shop",
+            "web",
+            serde_json::json!({
+                "conditions": [
+                    { "type": "Ready", "status": "True", "reason": "Issued", "message": "",
+                      "lastTransitionTime": "2026-11-30T10:00:00Z" },
+                    { "type": "Verified", "status": "False", "reason": "StaleCertificate", "message": "",
+                      "lastTransitionTime": "2026-11-30T10:00:00Z" },
+                ],
+                "notAfter": "2027-01-01T00:00:00Z",
+                "renewalTime": "2026-12-01T00:00:00Z",
+            }),
+        );
+        let new = request("shop", "api", serde_json::json!({}));
+        writer.apply_watcher_event(&watcher::Event::Apply(issued.clone()));
+        writer.apply_watcher_event(&watcher::Event::Apply(new));
         let text = m.encode();
+        for line in [
+            "p12_certificate_ready{namespace=\"shop\",name=\"web\"} 1",
+            "p12_certificate_verified{namespace=\"shop\",name=\"web\"} 0",
+            "p12_certificate_not_after_seconds{namespace=\"shop\",name=\"web\"} 1798761600",
+            "p12_certificate_renewal_seconds{namespace=\"shop\",name=\"web\"} 1796083200",
+            // Not issued yet: not ready, and no other series.
+            "p12_certificate_ready{namespace=\"shop\",name=\"api\"} 0",
+            "p12_reconcile_failures_total{category=\"KubeError\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        assert!(!text.contains("p12_certificate_verified{namespace=\"shop\",name=\"api\"}"));
         assert!(
-            text.contains("p12_certificate_ready{namespace=\"shop\",name=\"web\"} 1"),
-            "{text}"
+            !text.contains("p12_certificate_not_after_seconds{namespace=\"shop\",name=\"api\"}")
         );
-        assert!(
-            text.contains("p12_reconcile_failures_total{category=\"KubeError\"} 1"),
-            "{text}"
+        // One HELP/TYPE block per gauge, its samples together (the text format).
+        assert_eq!(
+            text.matches("# TYPE p12_certificate_ready gauge").count(),
+            1
         );
-        m.forget("shop", "web");
-        assert!(!m.encode().contains("name=\"web\""));
+
+        writer.apply_watcher_event(&watcher::Event::Delete(issued));
+        let text = m.encode();
+        assert!(!text.contains("name=\"web\""), "{text}");
+        assert!(text.contains("name=\"api\""), "{text}");
     }
 }

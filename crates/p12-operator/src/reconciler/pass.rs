@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use tracing::Instrument;
 
 use super::context::{Context, request_key};
-use super::record::{publish, record_request_metrics, write_status};
+use super::record::{publish, write_status};
 use super::secret_write::converge;
 use super::{Error, probe, rollout, status};
 use crate::api::CertificateRequest;
@@ -144,7 +144,6 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
                     rolling.hold_probe,
                 )
                 .await?;
-                record_request_metrics(&ctx, &cr, &status);
                 write_status(&ctx, &cr, status).await?;
                 let renew_in = requeue_after(renewal);
                 let next = next_probe.into_iter().chain(rolling.next).min();
@@ -174,11 +173,6 @@ async fn reconcile_inner(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Resu
             Ok(action)
         }
         Err(refusal) => {
-            let labels = crate::metrics::Metrics::labels(
-                &cr.namespace().unwrap_or_default(),
-                &cr.name_any(),
-            );
-            ctx.metrics.ready.get_or_create(&labels).set(0);
             ctx.metrics
                 .reconcile_failures
                 .get_or_create(&crate::metrics::CategoryLabels {

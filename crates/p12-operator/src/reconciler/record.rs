@@ -79,35 +79,3 @@ pub(super) async fn write_status(
     }
     Ok(())
 }
-
-pub(super) fn record_request_metrics(
-    ctx: &Context,
-    cr: &CertificateRequest,
-    status: &CertificateRequestStatus,
-) {
-    let m = &ctx.metrics;
-    let labels =
-        crate::metrics::Metrics::labels(&cr.namespace().unwrap_or_default(), &cr.name_any());
-    let ready = status::get(&status.conditions, status::READY).is_some_and(|c| c.status == "True");
-    m.ready.get_or_create(&labels).set(i64::from(ready));
-    if let Some(t) = &status.not_after {
-        m.not_after
-            .get_or_create(&labels)
-            .set(t.0.as_second() as f64);
-    }
-    if let Some(t) = &status.renewal_time {
-        m.renewal_time
-            .get_or_create(&labels)
-            .set(t.0.as_second() as f64);
-    }
-    match status::get(&status.conditions, status::VERIFIED) {
-        Some(c) => {
-            m.verified
-                .get_or_create(&labels)
-                .set(i64::from(c.status == "True"));
-        }
-        None => {
-            m.verified.remove(&labels);
-        }
-    }
-}

@@ -224,6 +224,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .backoff(watch_backoff())
     .touched_objects();
     let (reader, writer) = reflector::store();
+    metrics.attach_requests(reader.clone());
     // Requests and Secrets forgotten (deleted, or gone after a re-list):
     // deletions free memory without any pass, so they too let the idle trim run.
     let forgotten = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -249,7 +250,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Before the cache takes the new copy: compare it with the old one, and
         // forget requests that a re-list (after a watch gap) no longer shows.
         .inspect_ok({
-            let (ctx, cache, metrics) = (ctx.clone(), reader.clone(), metrics.clone());
+            let (ctx, cache) = (ctx.clone(), reader.clone());
             let forgotten = forgotten.clone();
             let mut relisted: Option<std::collections::HashSet<ObjectRef<CertificateRequest>>> =
                 None;
@@ -268,7 +269,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     let seen = relisted.take().unwrap_or_default();
                     for gone in cache.state() {
                         if !seen.contains(&request_key(&gone)) {
-                            metrics.forget(&gone.namespace().unwrap_or_default(), &gone.name_any());
                             ctx.forget(&gone);
                             forgotten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -279,11 +279,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .reflect(writer)
         .inspect_ok({
-            let (metrics, health, forget_ctx) = (metrics.clone(), health.clone(), ctx.clone());
+            let (health, forget_ctx) = (health.clone(), ctx.clone());
             let forgotten = forgotten.clone();
             move |ev| match ev {
                 watcher::Event::Delete(cr) => {
-                    metrics.forget(&cr.namespace().unwrap_or_default(), &cr.name_any());
                     forget_ctx.forget(cr);
                     forgotten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
