@@ -7,7 +7,6 @@
 //! like kube-state-metrics does. A deleted request has no series the moment the
 //! cache drops it, and holding 10,000 requests costs no metric memory.
 
-use kube::ResourceExt as _;
 use kube::runtime::reflector::Store;
 use p12_core::api::CertificateRequest;
 use prometheus_client::collector::Collector;
@@ -74,7 +73,14 @@ impl Collector for RequestSeries {
             return Ok(());
         };
         let mut requests = store.state();
-        requests.sort_by(|a, b| (a.namespace(), a.name_any()).cmp(&(b.namespace(), b.name_any())));
+        // Stable output, without a copy of any name.
+        fn key(cr: &CertificateRequest) -> (Option<&str>, Option<&str>) {
+            (
+                cr.metadata.namespace.as_deref(),
+                cr.metadata.name.as_deref(),
+            )
+        }
+        requests.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
         for (name, help, value) in REQUEST_GAUGES {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for cr in &requests {
