@@ -317,11 +317,18 @@ fn remove_and_shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: &
 /// (10,000 deleted requests kept their tables' peak size, docs/benchmarks.md
 /// "Churn"). Shrinking only below a quarter of the capacity keeps the cost
 /// amortised: each shrink follows at least as many removals as it keeps.
+/// Tables under [`SHRINK_ABOVE_BYTES`] of slots are left alone, whatever
+/// their number of slots: a slot of `written` holds a whole status.
 pub(super) fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+    if map.capacity() * std::mem::size_of::<(K, V)>() > SHRINK_ABOVE_BYTES
+        && map.len() * 4 < map.capacity()
+    {
         map.shrink_to_fit();
     }
 }
+
+/// Below this many bytes of slots, a table is not worth shrinking.
+pub(super) const SHRINK_ABOVE_BYTES: usize = 32 * 1024;
 
 fn drop_ref(refs: &mut HashMap<(String, String), Vec<String>>, key: (String, String), name: &str) {
     if let Some(names) = refs.get_mut(&key) {
@@ -337,4 +344,38 @@ fn drop_ref(refs: &mut HashMap<(String, String), Vec<String>>, key: (String, Str
 /// equality ignores; kept per request in several maps they add up.)
 pub(crate) fn request_key(cr: &CertificateRequest) -> ObjectRef<CertificateRequest> {
     ObjectRef::new(&cr.name_any()).within(&cr.namespace().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SHRINK_ABOVE_BYTES, remove_and_shrink};
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_table_of_large_entries_gives_its_memory_back_after_a_burst() {
+        // Like `written`: few entries, each slot a whole status.
+        let mut map: HashMap<u32, [u8; 512]> = HashMap::new();
+        for i in 0..3_000 {
+            map.insert(i, [0; 512]);
+        }
+        let peak = map.capacity();
+        for i in 1..3_000 {
+            remove_and_shrink(&mut map, &i);
+        }
+        let slot = std::mem::size_of::<(u32, [u8; 512])>();
+        assert_eq!(map.len(), 1);
+        assert!(
+            map.capacity() * slot <= SHRINK_ABOVE_BYTES,
+            "{} slots of {slot} bytes left after deleting all but one of 3,000 (peak {peak})",
+            map.capacity()
+        );
+        // Small tables are left alone: shrinking them would only cost time.
+        let mut small: HashMap<u32, u8> = (0..100).map(|i| (i, 0)).collect();
+        for i in 1..100 {
+            remove_and_shrink(&mut small, &i);
+        }
+        // hashbrown's `capacity` is what can be inserted without growing, so
+        // tombstones lower it; shrunk to fit one entry it would be 3.
+        assert!(small.capacity() > 3, "{}", small.capacity());
+    }
 }

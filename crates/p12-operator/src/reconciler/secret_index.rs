@@ -112,11 +112,8 @@ impl SecretIndex {
     /// Drops a Secret, giving back the table's memory once it is mostly empty
     /// (after a burst of deletions), as the operator's other tables do.
     fn remove(&mut self, key: &SecretKey) {
-        if self.live.remove(key).is_some()
-            && self.live.capacity() > 1024
-            && self.live.len() * 4 < self.live.capacity()
-        {
-            self.live.shrink_to_fit();
+        if self.live.remove(key).is_some() {
+            super::context::shrink_if_sparse(&mut self.live);
         }
     }
 
