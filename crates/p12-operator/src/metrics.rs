@@ -7,6 +7,7 @@
 //! like kube-state-metrics does. A deleted request has no series the moment the
 //! cache drops it, and holding 10,000 requests costs no metric memory.
 
+use crate::reconciler::status;
 use kube::runtime::reflector::Store;
 use p12_core::api::CertificateRequest;
 use prometheus_client::collector::Collector;
@@ -38,12 +39,12 @@ const REQUEST_GAUGES: [Gauged; 4] = [
     (
         "certificate_ready",
         "1 when the request's Secret holds a valid certificate for its spec, else 0.",
-        |cr| Some(i64::from(condition(cr, "Ready") == Some(true))),
+        |cr| Some(i64::from(condition(cr, status::READY) == Some(true))),
     ),
     (
         "certificate_verified",
         "1 when every probed endpoint serves the issued certificate, 0 when not; absent without a probe.",
-        |cr| condition(cr, "Verified").map(i64::from),
+        |cr| condition(cr, status::VERIFIED).map(i64::from),
     ),
     (
         "certificate_not_after_seconds",
@@ -59,12 +60,7 @@ const REQUEST_GAUGES: [Gauged; 4] = [
 
 /// `Some(status == "True")` for the request's condition of this type.
 fn condition(cr: &CertificateRequest, type_: &str) -> Option<bool> {
-    cr.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status == "True")
+    status::get(&cr.status.as_ref()?.conditions, type_).map(|c| c.status == "True")
 }
 
 impl Collector for RequestSeries {

@@ -100,7 +100,7 @@ impl OperatorBinary {
         };
         if !path.exists() {
             bail!(
-                "{} does not exist; build it first (see docs/benchmarks.md, \"Running them\")",
+                "{} does not exist; build it first (see docs/benchmarks.md, \"Commands\")",
                 path.display()
             );
         }
@@ -109,14 +109,19 @@ impl OperatorBinary {
     }
 
     pub(crate) fn describe(&self) -> String {
-        let kind = match self.is_static {
-            Some(true) => "static musl build, as in the image",
-            Some(false) => {
-                "dynamically linked glibc build, NOT the image's binary: glibc malloc, other memory figures"
-            }
-            None => "not an ELF file: a wrapper, linking unknown",
-        };
-        format!("{} ({kind})", self.path.display())
+        format!("{} ({})", self.path.display(), linking(self.is_static))
+    }
+}
+
+/// How a binary is linked, in words, from [`OperatorBinary::is_static`]
+/// (also as recorded in the JSON report).
+pub(crate) fn linking(is_static: Option<bool>) -> &'static str {
+    match is_static {
+        Some(true) => "static musl build, as in the image",
+        Some(false) => {
+            "dynamically linked glibc build, NOT the image's binary: glibc malloc, other memory figures"
+        }
+        None => "not an ELF file: a wrapper, linking unknown",
     }
 }
 

@@ -77,11 +77,7 @@ fn print_context(out: &mut impl std::io::Write, r: &Value) {
         r["loadavg_after"].as_str().unwrap_or(""),
     );
     if let Some(path) = r["operator_binary"].as_str() {
-        let kind = match r["operator_static"].as_bool() {
-            Some(true) => "static musl, as in the image",
-            Some(false) => "glibc build, not the image's binary",
-            None => "not an ELF file, linking unknown",
-        };
+        let kind = crate::driver::linking(r["operator_static"].as_bool());
         let _ = writeln!(out, "operator binary: {path} ({kind})");
     }
 }
