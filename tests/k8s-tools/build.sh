@@ -50,6 +50,14 @@ echo "k8s-tools: building ${want[*]} (first build takes several minutes)"
 start=$(date +%s)
 cd "$here"
 export GOFLAGS="-buildvcs=false"
+# Under CI (a fresh machine) the Go build cache (about 4 GB for these tools) is
+# of no later use: build into a temporary one and remove it afterwards. A
+# GOCACHE you set yourself is used and kept.
+if [ -n "${CI:-}" ] && [ -z "${GOCACHE:-}" ]; then
+  GOCACHE=$(mktemp -d "${TMPDIR:-/tmp}/k8s-tools-gocache.XXXXXX")
+  export GOCACHE
+  trap 'chmod -R u+w "$GOCACHE" 2>/dev/null; rm -rf "$GOCACHE"' EXIT
+fi
 # Stamp the Kubernetes version into the binaries, as the release build does.
 kver=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
 kminor=$(echo "$kver" | cut -d. -f2)

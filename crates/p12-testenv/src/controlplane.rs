@@ -123,15 +123,10 @@ fn why_exited(path: &Path) -> String {
 /// is replaced unless its owner is still alive.
 fn work_dir(label: &str) -> Result<PathBuf, HarnessError> {
     let base = tools::target_dir().join("testenv");
+    prune_finished_etcd_data(&base);
     let mut dir = base.join(label);
-    if let Ok(pid) = std::fs::read_to_string(dir.join("pid")) {
-        let alive = pid
-            .trim()
-            .parse::<i32>()
-            .is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0);
-        if alive {
-            dir = base.join(format!("{label}-{}", std::process::id()));
-        }
+    if owner_alive(&dir) {
+        dir = base.join(format!("{label}-{}", std::process::id()));
     }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
@@ -140,6 +135,32 @@ fn work_dir(label: &str) -> Result<PathBuf, HarnessError> {
     std::fs::write(dir.join("pid"), std::process::id().to_string())
         .map_err(io_err("write", &dir))?;
     Ok(dir)
+}
+
+/// Whether the process named in `<dir>/pid` is still running.
+fn owner_alive(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("pid")).is_ok_and(|pid| {
+        pid.trim()
+            .parse::<i32>()
+            .is_ok_and(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0)
+    })
+}
+
+/// Removes `etcd-data` from the environments under `base` whose owner has
+/// exited. Each holds about 125 MB (etcd preallocates its WAL) that nothing reads
+/// again; a suite leaves twenty of them. The logs stay, for the suite's scan for
+/// secret material and for reading after a failure.
+fn prune_finished_etcd_data(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let data = dir.join("etcd-data");
+        if data.is_dir() && !owner_alive(&dir) {
+            let _ = std::fs::remove_dir_all(&data);
+        }
+    }
 }
 
 impl ControlPlane {
@@ -467,5 +488,46 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(base: &Path, name: &str, pid: &str) -> PathBuf {
+        let dir = base.join(name);
+        std::fs::create_dir_all(dir.join("etcd-data/member/wal")).unwrap();
+        std::fs::write(dir.join("etcd-data/member/wal/0.wal"), b"wal").unwrap();
+        std::fs::write(dir.join("etcd.log"), b"log").unwrap();
+        std::fs::write(dir.join("pid"), pid).unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_finished_environments_lose_their_etcd_data_and_keep_their_logs() {
+        let base = std::env::temp_dir().join(format!("p12-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let running = env(&base, "running", &std::process::id().to_string());
+        // Above any pid_max, so no process has it.
+        let finished = env(&base, "finished", &i32::MAX.to_string());
+        let unreadable = env(&base, "garbled", "not a pid");
+
+        prune_finished_etcd_data(&base);
+
+        assert!(running.join("etcd-data/member/wal/0.wal").exists());
+        for dir in [&finished, &unreadable] {
+            assert!(
+                !dir.join("etcd-data").exists(),
+                "{} kept its data",
+                dir.display()
+            );
+            assert!(
+                dir.join("etcd.log").exists(),
+                "{} lost its log",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
