@@ -220,17 +220,6 @@ impl HostState {
             let _ = std::fs::remove_dir_all(p);
         }
     }
-
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )
-    }
-
-    pub fn load(path: &Path) -> Option<HostState> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-    }
 }
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";

@@ -128,35 +128,44 @@ fn log_errors(path: &Path, n: usize) -> String {
     pick[pick.len().saturating_sub(n)..].join("\n")
 }
 
-/// Undoes what an earlier run under `base` left behind when it was killed
-/// before its teardown: its saved host state says what the host looked like.
-/// Returns the work folders of the runs it cleaned up after.
-fn clean_leftovers(base: &Path) -> Vec<PathBuf> {
-    let mut cleaned = Vec::new();
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return cleaned;
+/// The machine-wide record of the node that runs: its owner, its work folder
+/// and the host state from before it started. The machine lock allows one node
+/// at a time, so one record suffices. A run killed before its teardown (SIGKILL,
+/// the end of a session) leaves it behind, and the next start from any checkout
+/// puts the host back from it — also when the killed run's checkout, and with it
+/// its work folder, is gone. `/run` is emptied at boot, as is most of what a node
+/// changes (network namespaces, links, iptables, sysctls).
+const RUN_RECORD: &str = "/run/lock/p12-testenv-node.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunRecord {
+    pid: u32,
+    dir: PathBuf,
+    before: HostState,
+}
+
+/// Puts the host back as the run named in `record` found it, when that run was
+/// never torn down. Called with the machine lock held: its owner has exited.
+/// Returns the work folder of the run it cleaned up after.
+fn clean_leftovers(record: &Path) -> Vec<PathBuf> {
+    let Ok(bytes) = std::fs::read(record) else {
+        return Vec::new();
     };
-    for e in entries.filter_map(|e| e.ok()) {
-        let dir = e.path();
-        let Some(before) = HostState::load(&dir.join("host-before.json")) else {
-            continue;
-        };
-        let alive = std::fs::read_to_string(dir.join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
-        if alive {
-            continue;
-        }
+    let _ = std::fs::remove_file(record);
+    let Ok(run) = serde_json::from_slice::<RunRecord>(&bytes) else {
         eprintln!(
-            "testenv: cleaning up after an earlier node run that was not torn down ({})",
-            dir.display()
+            "testenv: {} could not be read; removed it (the host may hold leftovers of an earlier node run)",
+            record.display()
         );
-        before.restore(&dir);
-        let _ = std::fs::remove_file(dir.join("host-before.json"));
-        cleaned.push(dir);
-    }
-    cleaned
+        return Vec::new();
+    };
+    eprintln!(
+        "testenv: cleaning up after an earlier node run that was not torn down (pid {}, {})",
+        run.pid,
+        run.dir.display()
+    );
+    run.before.restore(&run.dir);
+    vec![run.dir]
 }
 
 impl Node {
@@ -173,7 +182,7 @@ impl Node {
         let bin = tools::ensure_node_tools()?;
         let lock = machine_lock()?;
         let base = tools::target_dir().join("testenv");
-        let recovered = clean_leftovers(&base);
+        let recovered = clean_leftovers(Path::new(RUN_RECORD));
         let ip = machine_ip()?;
 
         let began = Instant::now();
@@ -181,9 +190,15 @@ impl Node {
         let cp = ControlPlane::start_with(label, &Options { node_ip: Some(ip) })?;
         let dir = cp.dir.clone();
         let marker = dir.clone();
-        before
-            .save(&dir.join("host-before.json"))
-            .map_err(|e| start_err(format!("failed to save the host state: {e}")))?;
+        let record = RunRecord {
+            pid: std::process::id(),
+            dir: dir.clone(),
+            before: before.clone(),
+        };
+        serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(RUN_RECORD, json))
+            .map_err(|e| start_err(format!("failed to write {RUN_RECORD}: {e}")))?;
         let mut node = Node {
             containerd_socket: dir.join("containerd/containerd.sock"),
             cp,
@@ -463,7 +478,7 @@ impl Node {
         self.before.restore(&self.marker);
         let after = HostState::capture(&self.marker);
         let diff = self.before.diff(&after);
-        let _ = std::fs::remove_file(self.cp.dir.join("host-before.json"));
+        let _ = std::fs::remove_file(RUN_RECORD);
         diff
     }
 }
