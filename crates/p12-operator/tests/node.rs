@@ -132,6 +132,22 @@ fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Resul
     panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
 }
 
+/// The cluster IP of Service `svc`, once kube-proxy routes it to `endpoints`
+/// endpoints: the API lists ready pods before kube-proxy has programmed them,
+/// and a client connecting in between is refused.
+fn routed_service_ip(node: &Node, ns: &str, svc: &str, endpoints: usize) -> String {
+    let ip = jsonpath(node, ns, &format!("service/{svc}"), "{.spec.clusterIP}");
+    eventually(
+        Duration::from_secs(30),
+        &format!("kube-proxy to route Service {svc} ({ip}) to {endpoints} endpoints"),
+        || match node.routed_endpoints(&ip) {
+            n if n == endpoints => Ok(()),
+            n => Err(format!("{n} routed")),
+        },
+    );
+    ip
+}
+
 fn jsonpath(node: &Node, ns: &str, what: &str, path: &str) -> String {
     let out = kubectl(
         node,
@@ -710,6 +726,7 @@ fn client_spec(host: &str, ip: &str, secret: &str, args: &[&str]) -> String {
 
 fn java_client_trusting_only_the_truststore_reaches_the_service_name(node: &'static Node) {
     let w = web(node);
+    routed_service_ip(node, &w.ns, "web", 2);
     let host = format!("web.{}.svc", w.ns);
     let t = Instant::now();
     let (code, log) = run_pod(
@@ -825,7 +842,7 @@ spec:
             "--timeout=120s",
         ],
     );
-    let ip = jsonpath(node, &ns, "service/api", "{.spec.clusterIP}");
+    let ip = routed_service_ip(node, &ns, "api", 2);
     let host = format!("api.{ns}.svc");
     // The client mounts its own Secret: its keystore, and the truststore (same CA).
     let (code, log) = run_pod(

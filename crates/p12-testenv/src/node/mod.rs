@@ -403,6 +403,18 @@ impl Node {
         )))
     }
 
+    /// How many endpoints kube-proxy routes the Service at `cluster_ip` to on
+    /// this node. The API lists a ready endpoint before kube-proxy has synced
+    /// it; until then a connection to the Service is refused (no endpoints) or
+    /// reaches only the old ones. A test waits for this before it connects.
+    pub fn routed_endpoints(&self, cluster_ip: &str) -> usize {
+        Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .map(|o| routed_endpoints(&String::from_utf8_lossy(&o.stdout), cluster_ip))
+            .unwrap_or(0)
+    }
+
     /// `ctr` talking to the node's containerd, in the kubelet's namespace.
     pub fn ctr(&self) -> Command {
         let mut cmd = Command::new("/usr/bin/ctr");
@@ -488,5 +500,53 @@ impl Drop for Node {
         for line in self.teardown() {
             eprintln!("testenv: node teardown left: {line}");
         }
+    }
+}
+
+/// The `KUBE-SEP-` jumps of the `KUBE-SVC-` chains that kube-proxy's
+/// `KUBE-SERVICES` sends `cluster_ip` to, in `iptables-save -t nat` output.
+fn routed_endpoints(nat: &str, cluster_ip: &str) -> usize {
+    let dest = format!(" -d {cluster_ip}/32 ");
+    let chains: std::collections::BTreeSet<&str> = nat
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SERVICES ") && l.contains(&dest))
+        .filter_map(|l| l.rsplit(" -j ").next())
+        .map(str::trim)
+        .filter(|c| c.starts_with("KUBE-SVC-"))
+        .collect();
+    nat.lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some("-A")
+                && words.next().is_some_and(|c| chains.contains(c))
+                && l.contains(" -j KUBE-SEP-")
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::routed_endpoints;
+
+    const NAT: &str = r#"*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-AAAA - [0:0]
+:KUBE-SVC-BBBB - [0:0]
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "shop/web:https cluster IP" -m tcp --dport 8443 -j KUBE-SVC-AAAA
+-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "shop/api:https cluster IP" -m tcp --dport 8443 -j KUBE-SVC-BBBB
+-A KUBE-SVC-AAAA ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m comment --comment "shop/web:https cluster IP" -m tcp --dport 8443 -j KUBE-MARK-MASQ
+-A KUBE-SVC-AAAA -m comment --comment "shop/web:https -> 10.244.0.5:8443" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-ONE
+-A KUBE-SVC-AAAA -m comment --comment "shop/web:https -> 10.244.0.6:8443" -j KUBE-SEP-TWO
+-A KUBE-SVC-BBBB -m comment --comment "shop/api:https -> 10.244.0.7:8443" -j KUBE-SEP-THREE
+COMMIT
+"#;
+
+    #[test]
+    fn endpoints_routed_are_counted_per_cluster_ip() {
+        assert_eq!(routed_endpoints(NAT, "10.96.0.10"), 2);
+        assert_eq!(routed_endpoints(NAT, "10.96.0.11"), 1);
+        // Not a prefix match: 10.96.0.1 is another address.
+        assert_eq!(routed_endpoints(NAT, "10.96.0.1"), 0);
+        assert_eq!(routed_endpoints("", "10.96.0.10"), 0);
     }
 }
