@@ -139,11 +139,8 @@ fn work_dir(label: &str) -> Result<PathBuf, HarnessError> {
 
 /// Whether the process named in `<dir>/pid` is still running.
 fn owner_alive(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("pid")).is_ok_and(|pid| {
-        pid.trim()
-            .parse::<i32>()
-            .is_ok_and(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0)
-    })
+    std::fs::read_to_string(dir.join("pid"))
+        .is_ok_and(|pid| pid.trim().parse().is_ok_and(process::alive))
 }
 
 /// Removes `etcd-data` from the environments under `base` whose owner has

@@ -35,11 +35,6 @@ fn ip(args: &[&str]) -> Result<(), HarnessError> {
     Ok(())
 }
 
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
 /// Removes namespaces left by test processes that died without cleaning up.
 fn remove_stale() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
@@ -52,7 +47,7 @@ fn remove_stale() {
             .and_then(|r| r.split('-').next())
             .and_then(|p| p.parse().ok())
         {
-            if !alive(pid) {
+            if !crate::process::alive(pid) {
                 let _ = ip(&["netns", "del", &name]);
             }
         }

@@ -57,6 +57,12 @@ pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
 }
 
 /// Sends `signal` to the process group led by `pid`.
+/// Whether a process with this pid exists (signal 0 only checks).
+pub(crate) fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only looks the pid up.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
 pub fn signal_group(pid: u32, signal: i32) {
     // SAFETY: plain syscall; a stale pid group is harmless (ESRCH).
     unsafe {
